@@ -1,0 +1,119 @@
+"""CXRImage -> model input, identical for training, evaluation, the app and the benchmark.
+
+Two steps, both deterministic:
+1. `standardise(pixels, size)`: optional chest crop, square resize and a robust intensity
+   stretch (1st-99th percentile) to uint8. Training caches exactly this output, inference
+   computes it on the fly, so the two cannot drift apart.
+2. `to_model_tensor(batch, family)`: uint8 -> float, 3 channels, per-family normalisation.
+
+The robust stretch removes much of the exposure and scanner-contrast differences between
+hospitals, which in cxr3 correlate with the label (see the dataset README).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable, Sequence
+
+import cv2
+import numpy as np
+import torch
+
+from cxr_core import settings
+from cxr_core.io import CXRImage
+
+Box = tuple[int, int, int, int]  # x0, y0, x1, y1 in pixels, exclusive end
+
+
+@dataclass(frozen=True)
+class InputSpec:
+    """How one model family wants its input."""
+
+    size: int
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
+
+
+FAMILIES: dict[str, InputSpec] = {
+    # V-BreathNet was trained on rescaled [0, 1] input in the paper; we centre it as well.
+    "vbreathnet": InputSpec(settings.VBREATHNET_SIZE, (0.5, 0.5, 0.5), (0.25, 0.25, 0.25)),
+    "imagenet": InputSpec(settings.BASELINE_SIZE, settings.IMAGENET_MEAN, settings.IMAGENET_STD),
+}
+
+
+def spec_for(family: str, size: int | None = None) -> InputSpec:
+    base = FAMILIES[family]
+    return base if size is None else InputSpec(size, base.mean, base.std)
+
+
+def robust_stretch(pixels: np.ndarray, low_pct: float = 1.0, high_pct: float = 99.0) -> np.ndarray:
+    """Percentile contrast stretch to [0, 1]; flat images stay flat instead of amplifying noise."""
+    lo, hi = np.percentile(pixels, [low_pct, high_pct])
+    if hi - lo < 1e-3:
+        return np.clip(pixels, 0.0, 1.0).astype(np.float32)
+    return np.clip((pixels - lo) / (hi - lo), 0.0, 1.0).astype(np.float32)
+
+
+def crop(pixels: np.ndarray, box: Box | None) -> np.ndarray:
+    if box is None:
+        return pixels
+    x0, y0, x1, y1 = box
+    h, w = pixels.shape
+    x0, y0 = max(0, int(x0)), max(0, int(y0))
+    x1, y1 = min(w, int(x1)), min(h, int(y1))
+    if x1 - x0 < 8 or y1 - y0 < 8:
+        return pixels
+    return pixels[y0:y1, x0:x1]
+
+
+def standardise(pixels: np.ndarray, size: int, box: Box | None = None) -> np.ndarray:
+    """Crop, resize to size x size and stretch intensities; returns uint8 (size, size)."""
+    region = crop(np.asarray(pixels, dtype=np.float32), box)
+    h, w = region.shape
+    interp = cv2.INTER_AREA if max(h, w) > size else cv2.INTER_LINEAR
+    resized = cv2.resize(region, (size, size), interpolation=interp)
+    return np.rint(robust_stretch(resized) * 255.0).astype(np.uint8)
+
+
+def to_model_tensor(batch: np.ndarray | torch.Tensor, family: str) -> torch.Tensor:
+    """uint8 (N, S, S) or float (N, 1, S, S) in [0, 1] -> normalised float (N, 3, S, S)."""
+    x = torch.as_tensor(batch)
+    if x.dtype == torch.uint8:
+        x = x.float().div_(255.0)
+    if x.ndim == 3:
+        x = x.unsqueeze(1)
+    spec = FAMILIES[family]
+    mean = torch.tensor(spec.mean, dtype=x.dtype).view(1, 3, 1, 1)
+    std = torch.tensor(spec.std, dtype=x.dtype).view(1, 3, 1, 1)
+    return (x.expand(-1, 3, -1, -1) - mean) / std
+
+
+def image_to_tensor(
+    image: CXRImage | np.ndarray, family: str, size: int | None = None, box: Box | None = None
+) -> torch.Tensor:
+    """One image -> (1, 3, S, S) model input; the path the app, predict and bench use."""
+    pixels = image.pixels if isinstance(image, CXRImage) else image
+    spec = spec_for(family, size)
+    return to_model_tensor(standardise(pixels, spec.size, box)[None], family)
+
+
+def train_augmentation(size: int) -> Callable[[torch.Tensor], torch.Tensor]:
+    """Augmentations for (1, S, S) float tensors in [0, 1].
+
+    Small rotations, shifts and zoom imitate patient positioning; brightness/contrast
+    imitate exposure. No horizontal flips: a flipped CXR puts the heart on the right
+    (dextrocardia) and mirrors laterality markers, which is not a plausible radiograph.
+    """
+    from torchvision.transforms import v2
+
+    return v2.Compose(
+        [
+            v2.RandomAffine(degrees=10, translate=(0.06, 0.06), scale=(0.9, 1.1)),
+            v2.ColorJitter(brightness=0.2, contrast=0.2),
+            v2.RandomApply([v2.GaussianBlur(kernel_size=5, sigma=(0.1, 1.0))], p=0.2),
+        ]
+    )
+
+
+def stack_standardised(images: Sequence[np.ndarray], size: int) -> np.ndarray:
+    return np.stack([standardise(p, size) for p in images]) if images else np.zeros((0, size, size), np.uint8)
