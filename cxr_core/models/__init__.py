@@ -1,0 +1,149 @@
+"""Model registry: one name per classifier, its input family, and loading of trained weights.
+
+`load_classifier(name)` is the only way the app, CLIs and benchmark get a trained model, so
+weights are always read the same way (`torch.load(..., weights_only=True)`) and an untrained
+model can never be shown as if it were trained: missing weights raise `ModelUnavailableError`.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from cxr_core import settings
+from cxr_core.models.baselines import TransferNet, build_baseline
+from cxr_core.models.vbreathnet import VBreathNet
+
+
+class ModelUnavailableError(RuntimeError):
+    """No trained weights for this model in weights/; the message says how to train them."""
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    name: str
+    display_name: str
+    family: str  # preprocessing family, see cxr_core.preprocess.FAMILIES
+    default_size: int
+    paper_params_total: int | None  # Table 3 of the paper, Keras count
+
+
+SPECS: dict[str, ModelSpec] = {
+    "vbreathnet": ModelSpec("vbreathnet", "V-BreathNet", "vbreathnet", settings.VBREATHNET_SIZE, 792_291),
+    "densenet121": ModelSpec("densenet121", "DenseNet121", "imagenet", settings.BASELINE_SIZE, 8_217_667),
+    "mobilenet_v2": ModelSpec("mobilenet_v2", "MobileNetV2", "imagenet", settings.BASELINE_SIZE, 3_733_059),
+    "vgg16": ModelSpec("vgg16", "VGG16", "imagenet", settings.BASELINE_SIZE, 15_305_027),
+}
+
+
+def build_model(name: str, input_size: int | None = None, imagenet: bool = True) -> tuple[nn.Module, str]:
+    """A fresh network and where its initial weights came from ('' = random init)."""
+    spec = SPECS[name]
+    if name == "vbreathnet":
+        return VBreathNet(num_classes=len(settings.CLASSES), input_size=input_size or spec.default_size), ""
+    return build_baseline(name, imagenet=imagenet)
+
+
+def count_params(model: nn.Module) -> dict[str, int]:
+    """Total/trainable as PyTorch counts them, plus the Keras-style total (BN running stats included)."""
+    total = sum(p.numel() for p in model.parameters())
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    bn_stats = sum(b.numel() for n, b in model.named_buffers() if n.endswith(("running_mean", "running_var")))
+    return {"total": total, "trainable": trainable, "keras_total": total + bn_stats}
+
+
+def weights_path(name: str) -> Path:
+    return settings.WEIGHTS_DIR / f"{name}.pt"
+
+
+def card_path(name: str) -> Path:
+    return settings.WEIGHTS_DIR / f"{name}.json"
+
+
+def read_card(name: str) -> dict[str, Any] | None:
+    path = card_path(name)
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
+@dataclass
+class Classifier:
+    """A trained classifier ready for inference (eval mode, calibrated temperature)."""
+
+    name: str
+    spec: ModelSpec
+    model: nn.Module
+    input_size: int
+    temperature: float
+    card: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def display_name(self) -> str:
+        return self.spec.display_name
+
+    @property
+    def family(self) -> str:
+        return self.spec.family
+
+    @property
+    def cam_layer(self) -> nn.Module:
+        return self.model.cam_layer  # type: ignore[return-value]
+
+
+def available_classifiers() -> list[str]:
+    """Classifier names that have trained weights on disk, in settings order."""
+    return [n for n in settings.CLASSIFIERS if weights_path(n).is_file()]
+
+
+def load_checkpoint(path: Path) -> dict[str, Any]:
+    return torch.load(path, map_location="cpu", weights_only=True)
+
+
+@functools.lru_cache(maxsize=None)
+def load_classifier(name: str) -> Classifier:
+    """Load trained weights once per process. Raises ModelUnavailableError if not trained."""
+    if name not in SPECS:
+        raise KeyError(f"Unknown model '{name}'. Known: {', '.join(SPECS)}")
+    path = weights_path(name)
+    if not path.is_file():
+        raise ModelUnavailableError(
+            f"{SPECS[name].display_name} has no trained weights ({path.name} is missing). "
+            f"Train it with: python -m cxr_core.train --model {name}"
+        )
+    ckpt = load_checkpoint(path)
+    model, _ = build_model(name, input_size=int(ckpt["input_size"]), imagenet=False)
+    state = {k: v.float() if v.is_floating_point() else v for k, v in ckpt["state_dict"].items()}
+    model.load_state_dict(state)
+    model.eval()
+    for p in model.parameters():
+        p.requires_grad_(False)
+    return Classifier(
+        name=name,
+        spec=SPECS[name],
+        model=model,
+        input_size=int(ckpt["input_size"]),
+        temperature=float(ckpt.get("temperature", 1.0)),
+        card=read_card(name) or {},
+    )
+
+
+__all__ = [
+    "SPECS",
+    "Classifier",
+    "ModelSpec",
+    "ModelUnavailableError",
+    "TransferNet",
+    "VBreathNet",
+    "available_classifiers",
+    "build_model",
+    "card_path",
+    "count_params",
+    "load_classifier",
+    "read_card",
+    "weights_path",
+]
