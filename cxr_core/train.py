@@ -1,0 +1,435 @@
+"""Train a three-class classifier on the cxr3 split and write weights/<model>.pt + a model card.
+
+    python -m cxr_core.train --model vbreathnet --epochs 12
+    python -m cxr_core.train --model mobilenet_v2            # frozen ImageNet backbone, head only
+    python -m cxr_core.train --model densenet121 --size 128  # from scratch (no offline ImageNet weights)
+
+Two modes, picked by whether ImageNet weights exist for the backbone:
+- "head": the backbone is frozen (as in the paper), its pooled features are computed once
+  (clean + augmented views of the train split) and only the small head is trained.
+- "full": the whole network trains end to end with augmentation (V-BreathNet, and baselines
+  without pretrained weights).
+Runs resume from cache/runs/<model>/last.pt after an interruption (--resume, on by default).
+The best epoch by validation accuracy is kept; temperature scaling and the abstention
+threshold are fitted on the validation split; test metrics are computed once, at the end.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import random
+import subprocess
+import time
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, Dataset, WeightedRandomSampler
+from tqdm import tqdm
+
+from cxr_core import settings
+from cxr_core.data import CachedSplit, build_cache, load_split, sha256_file
+from cxr_core.evaluate import compute_metrics, reliability
+from cxr_core.models import SPECS, build_model, count_params
+from cxr_core.preprocess import to_model_tensor, train_augmentation
+
+KNOWN_LIMITS = [
+    "Trained on cxr3: COVID-19 images are all adult (COVID-19 Radiography Database), viral pneumonia is "
+    "all paediatric (Kermany, age 1-5), normals are half adult and half paediatric. Source and age "
+    "correlate with the label, so the model can partly recognise hospital or age instead of disease.",
+    "Do not use for adult viral pneumonia: there is none in the training data.",
+    "Frontal (PA/AP) radiographs only; lateral views, CT and other body parts are out of scope.",
+    "Not validated prospectively or on any external hospital's data.",
+]
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def code_version() -> str:
+    try:
+        return subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"], cwd=settings.ROOT, capture_output=True, text=True, check=True
+        ).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+
+
+class AugmentedImages(Dataset):
+    """uint8 cache -> augmented model tensors, one sample at a time (augmentation is per image)."""
+
+    def __init__(self, split: CachedSplit, family: str, augment: bool) -> None:
+        self.split, self.family = split, family
+        self.augment = train_augmentation(split.images.shape[-1]) if augment else None
+
+    def __len__(self) -> int:
+        return len(self.split.labels)
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
+        x = torch.from_numpy(self.split.images[i]).float().div_(255.0)[None]
+        if self.augment is not None:
+            x = self.augment(x).clamp_(0.0, 1.0)
+        return x, int(self.split.labels[i])
+
+
+def balanced_sampler(labels: np.ndarray, seed: int) -> WeightedRandomSampler:
+    """Equal expected count per class each epoch (train split only)."""
+    counts = np.bincount(labels, minlength=len(settings.CLASSES)).astype(float)
+    weights = 1.0 / counts[labels]
+    return WeightedRandomSampler(
+        torch.as_tensor(weights, dtype=torch.double), num_samples=len(labels), replacement=True,
+        generator=torch.Generator().manual_seed(seed),
+    )
+
+
+def lr_schedule(epoch: int, base_lr: float) -> float:
+    """The paper's schedule: halve every 5 epochs, never below 1e-6."""
+    return max(base_lr * 0.5 ** (epoch // 5), 1e-6)
+
+
+@torch.inference_mode()
+def predict_logits(model: nn.Module, images: np.ndarray, family: str, batch: int = 64) -> torch.Tensor:
+    model.eval()
+    out = []
+    for i in range(0, len(images), batch):
+        x = to_model_tensor(images[i : i + batch], family).contiguous(memory_format=torch.channels_last)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            out.append(model(x).float())
+    return torch.cat(out) if out else torch.zeros(0, len(settings.CLASSES))
+
+
+def fit_temperature(logits: torch.Tensor, labels: np.ndarray) -> float:
+    """Temperature scaling (Guo et al. 2017) on validation logits."""
+    logits = logits.detach().clone()  # may come from inference mode
+    log_t = torch.zeros(1, requires_grad=True)
+    y = torch.as_tensor(np.array(labels))
+    opt = torch.optim.LBFGS([log_t], lr=0.1, max_iter=200)
+
+    def closure() -> torch.Tensor:
+        opt.zero_grad()
+        loss = nn.functional.cross_entropy(logits / log_t.exp(), y)
+        loss.backward()
+        return loss
+
+    opt.step(closure)
+    return float(log_t.detach().exp().clamp(0.05, 20.0))
+
+
+def choose_abstain_threshold(probs: np.ndarray, labels: np.ndarray, target_accuracy: float = 0.98) -> dict[str, float]:
+    """Lowest confidence threshold whose answered validation cases reach the target accuracy."""
+    conf, correct = probs.max(1), probs.argmax(1) == labels
+    for t in np.round(np.arange(0.40, 0.96, 0.01), 2):
+        answered = conf >= t
+        if answered.sum() and correct[answered].mean() >= target_accuracy:
+            break
+    answered = conf >= t
+    return {
+        "abstain_threshold": float(max(t, settings.ABSTAIN_CONFIDENCE)),
+        "target_accuracy": target_accuracy,
+        "val_coverage_at_threshold": float(answered.mean()),
+        "val_accuracy_answered": float(correct[answered].mean()) if answered.any() else float("nan"),
+    }
+
+
+class Run:
+    """State of one training run on disk, so an interrupted run continues where it stopped."""
+
+    def __init__(self, name: str) -> None:
+        self.dir = settings.CACHE_DIR / "runs" / name
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self.last = self.dir / "last.pt"
+        self.best = self.dir / "best.pt"
+        self.log = self.dir / "log.txt"
+
+    def write_log(self, line: str) -> None:
+        with self.log.open("a") as fh:
+            fh.write(f"{dt.datetime.now().isoformat(timespec='seconds')} {line}\n")
+
+
+def train_full(model: nn.Module, name: str, train: CachedSplit, val: CachedSplit, args: argparse.Namespace) -> dict[str, Any]:
+    family = SPECS[name].family
+    run = Run(name)
+    model = model.to(memory_format=torch.channels_last)
+    if name == "vbreathnet":
+        opt: torch.optim.Optimizer = torch.optim.RMSprop(model.parameters(), lr=args.lr)
+    else:
+        opt = torch.optim.Adam(model.parameters(), lr=args.lr, weight_decay=1e-4)
+    state: dict[str, Any] = {"epoch": 0, "history": [], "best_acc": -1.0, "seconds": 0.0}
+    if args.resume and run.last.exists():
+        ckpt = torch.load(run.last, map_location="cpu", weights_only=True)
+        model.load_state_dict(ckpt["model"])
+        opt.load_state_dict(ckpt["optimizer"])
+        state = ckpt["state"]
+        run.write_log(f"resumed at epoch {state['epoch']}")
+    loader = DataLoader(
+        AugmentedImages(train, family, augment=True),
+        batch_size=args.batch,
+        sampler=balanced_sampler(train.labels, args.seed + state["epoch"]),
+        num_workers=0,
+    )
+    loss_fn = nn.CrossEntropyLoss()
+    for epoch in range(state["epoch"], args.epochs):
+        torch.manual_seed(args.seed + epoch)
+        loader.sampler.generator.manual_seed(args.seed + epoch)  # type: ignore[union-attr]
+        lr = lr_schedule(epoch, args.lr)
+        for g in opt.param_groups:
+            g["lr"] = lr
+        model.train()
+        t0, seen, correct, total_loss = time.time(), 0, 0, 0.0
+        bar = tqdm(loader, desc=f"{name} epoch {epoch + 1}/{args.epochs}", mininterval=10)
+        for x, y in bar:
+            x = to_model_tensor(x, family).contiguous(memory_format=torch.channels_last)
+            with torch.autocast("cpu", dtype=torch.bfloat16):
+                logits = model(x)
+            loss = loss_fn(logits.float(), y)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            seen += len(y)
+            correct += int((logits.argmax(1) == y).sum())
+            total_loss += float(loss.detach()) * len(y)
+            bar.set_postfix(loss=f"{total_loss / seen:.3f}", acc=f"{correct / seen:.3f}")
+        val_logits = predict_logits(model, val.images, family)
+        val_loss = float(loss_fn(val_logits, torch.from_numpy(val.labels.copy())))
+        val_acc = float((val_logits.argmax(1).numpy() == val.labels).mean())
+        state["seconds"] += time.time() - t0
+        state["history"].append(
+            {"epoch": epoch + 1, "train_loss": total_loss / seen, "train_acc": correct / seen,
+             "val_loss": val_loss, "val_acc": val_acc, "lr": lr, "seconds": time.time() - t0}
+        )
+        run.write_log(json.dumps(state["history"][-1]))
+        if val_acc > state["best_acc"]:
+            state["best_acc"] = val_acc
+            state["best_epoch"] = epoch + 1
+            torch.save(model.state_dict(), run.best)
+        state["epoch"] = epoch + 1
+        torch.save({"model": model.state_dict(), "optimizer": opt.state_dict(), "state": state}, run.last)
+    model.load_state_dict(torch.load(run.best, map_location="cpu", weights_only=True))
+    model.eval()
+    return state
+
+
+def extract_features(model: nn.Module, split: CachedSplit, family: str, views: int, seed: int) -> tuple[torch.Tensor, np.ndarray]:
+    """Pooled frozen-backbone features: one clean view plus `views - 1` augmented ones."""
+    model.eval()
+    aug = train_augmentation(split.images.shape[-1])
+    torch.manual_seed(seed)
+    feats, labels = [], []
+    with torch.inference_mode():
+        for v in range(views):
+            for i in tqdm(range(0, len(split.labels), 64), desc=f"features view {v + 1}/{views}", mininterval=10):
+                x = torch.from_numpy(split.images[i : i + 64]).float().div_(255.0)[:, None]
+                if v > 0:
+                    x = torch.stack([aug(xi).clamp_(0, 1) for xi in x])
+                x = to_model_tensor(x, family).contiguous(memory_format=torch.channels_last)
+                feats.append(model.embed(x).float())
+                labels.append(split.labels[i : i + 64])
+    return torch.cat(feats), np.concatenate(labels)
+
+
+def train_head(model: nn.Module, name: str, train: CachedSplit, val: CachedSplit, args: argparse.Namespace) -> dict[str, Any]:
+    family = SPECS[name].family
+    for p in model.features.parameters():
+        p.requires_grad_(False)
+    model = model.to(memory_format=torch.channels_last)
+    t0 = time.time()
+    xtr, ytr = extract_features(model, train, family, args.views, args.seed)
+    xva, yva = extract_features(model, val, family, 1, args.seed)
+    feature_seconds = time.time() - t0
+    head = model.head
+    opt = torch.optim.Adam(head.parameters(), lr=args.lr, weight_decay=1e-4)
+    loss_fn = nn.CrossEntropyLoss()
+    ytr_t = torch.as_tensor(ytr)
+    sampler = balanced_sampler(ytr, args.seed)
+    state: dict[str, Any] = {"history": [], "best_acc": -1.0}
+    best = None
+    for epoch in tqdm(range(args.epochs), desc=f"{name} head", mininterval=10):
+        lr = lr_schedule(epoch, args.lr)
+        for g in opt.param_groups:
+            g["lr"] = lr
+        head.train()
+        idx = torch.as_tensor(list(sampler))
+        seen = correct = 0
+        total = 0.0
+        for i in range(0, len(idx), args.batch):
+            b = idx[i : i + args.batch]
+            logits = head(xtr[b])
+            loss = loss_fn(logits, ytr_t[b])
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            seen += len(b)
+            correct += int((logits.argmax(1) == ytr_t[b]).sum())
+            total += float(loss) * len(b)
+        head.eval()
+        with torch.no_grad():
+            vl = head(xva)
+        val_acc = float((vl.argmax(1).numpy() == yva).mean())
+        state["history"].append(
+            {"epoch": epoch + 1, "train_loss": total / seen, "train_acc": correct / seen,
+             "val_loss": float(loss_fn(vl, torch.as_tensor(yva))), "val_acc": val_acc, "lr": lr}
+        )
+        if val_acc > state["best_acc"]:
+            state["best_acc"], state["best_epoch"] = val_acc, epoch + 1
+            best = {k: v.clone() for k, v in head.state_dict().items()}
+    assert best is not None
+    head.load_state_dict(best)
+    model.eval()
+    state["seconds"] = time.time() - t0
+    state["feature_seconds"] = feature_seconds
+    state["epoch"] = args.epochs
+    return state
+
+
+def measure_latency(model: nn.Module, size: int, repeats: int = 30) -> float:
+    """Median single-image forward time (ms) at the model's input size, fp32, as the app runs it."""
+    model.eval()
+    x = torch.randn(1, 3, size, size)
+    with torch.inference_mode():
+        for _ in range(3):
+            model(x)
+        times = []
+        for _ in range(repeats):
+            t = time.perf_counter()
+            model(x)
+            times.append(time.perf_counter() - t)
+    return float(np.median(times) * 1000.0)
+
+
+def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    ap = argparse.ArgumentParser(prog="python -m cxr_core.train", description=__doc__.split("\n\n")[0])
+    ap.add_argument("--model", required=True, choices=settings.CLASSIFIERS)
+    ap.add_argument("--manifest", type=Path, default=settings.CXR3_MANIFEST)
+    ap.add_argument("--size", type=int, default=None, help="input size (default: the model's paper size)")
+    ap.add_argument("--epochs", type=int, default=None, help="default: 12 full-network, 40 head-only")
+    ap.add_argument("--batch", type=int, default=32)
+    ap.add_argument("--lr", type=float, default=1e-3)
+    ap.add_argument("--views", type=int, default=4, help="head mode: clean + augmented views of the train split")
+    ap.add_argument("--lung-crop", type=Path, default=None, help="CSV of chest boxes (python -m cxr_core.lungs crop-boxes)")
+    ap.add_argument("--no-quality-filter", action="store_true")
+    ap.add_argument("--no-resume", dest="resume", action="store_false")
+    ap.add_argument("--threads", type=int, default=settings.TORCH_THREADS)
+    ap.add_argument("--seed", type=int, default=settings.SEED)
+    ap.add_argument("--out-dir", type=Path, default=settings.WEIGHTS_DIR)
+    ap.add_argument("--limit", type=int, default=None, help="use only N images per split (smoke tests)")
+    return ap.parse_args(argv)
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    args = parse_args(argv)
+    torch.set_num_threads(args.threads)
+    seed_everything(args.seed)
+    name, spec = args.model, SPECS[args.model]
+    model, pretrained = build_model(name, input_size=args.size)
+    mode = "head" if pretrained else "full"
+    size = args.size or (spec.default_size if (name == "vbreathnet" or pretrained) else 128)
+    if name == "vbreathnet":
+        model, _ = build_model(name, input_size=size)
+    args.epochs = args.epochs or (40 if mode == "head" else 12)
+    cache = build_cache(args.manifest, size, args.lung_crop)
+    drop = not args.no_quality_filter
+    splits = {s: load_split(cache, args.manifest, s, drop_failed=drop and s == "train") for s in ("train", "val", "test")}
+    if args.limit:  # a random subset of every split, for smoke tests
+        rng = np.random.default_rng(args.seed)
+        for s, cs in splits.items():
+            keep = np.sort(rng.permutation(len(cs.labels))[: args.limit])
+            splits[s] = CachedSplit(cs.images[keep], cs.labels[keep], cs.frame.iloc[keep].reset_index(drop=True))
+    train, val, test = splits["train"], splits["val"], splits["test"]
+    state = (train_head if mode == "head" else train_full)(model, name, train, val, args)
+
+    family = spec.family
+    val_logits = predict_logits(model, val.images, family)
+    test_logits = predict_logits(model, test.images, family)
+    temperature = fit_temperature(val_logits, val.labels)
+    val_raw = torch.softmax(val_logits, 1).numpy()
+    val_cal = torch.softmax(val_logits / temperature, 1).numpy()
+    test_cal = torch.softmax(test_logits / temperature, 1).numpy()
+    abstain = choose_abstain_threshold(val_cal, val.labels)
+    metrics = {
+        "val": compute_metrics(val.labels, val_cal, val.frame),
+        "test": compute_metrics(test.labels, test_cal, test.frame),
+    }
+    test_conf = test_cal.max(1)
+    answered = test_conf >= abstain["abstain_threshold"]
+    abstain["test_coverage"] = float(answered.mean())
+    abstain["test_accuracy_answered"] = float((test_cal.argmax(1)[answered] == test.labels[answered]).mean()) if answered.any() else float("nan")
+    big = count_params(model)["total"] > 4_000_000
+    state_dict = {k: (v.half() if big and v.is_floating_point() else v) for k, v in model.state_dict().items()}
+    args.out_dir.mkdir(parents=True, exist_ok=True)
+    torch.save({"state_dict": state_dict, "input_size": size, "temperature": temperature, "mode": mode}, args.out_dir / f"{name}.pt")
+
+    quality_counts = load_split(cache, args.manifest, "train", drop_failed=False).frame
+    deviations = []
+    if size != spec.default_size:
+        deviations.append(f"Input {size} px instead of the paper's {spec.default_size} px (measured CPU training cost).")
+    if name != "vbreathnet" and not pretrained:
+        deviations.append("No ImageNet weights available offline: the whole network was trained from scratch on cxr3.")
+    if name == "vgg16" and not pretrained:
+        deviations.append("VGG16-BN at half width (every layer's channels halved) to stay under the 25 MB weight budget.")
+    if name == "vbreathnet":
+        deviations.append("bf16 autocast on CPU and per-image intensity stretch (1st-99th percentile) before the paper's rescaling.")
+    if args.lung_crop:
+        deviations.append("Images cropped to the lung bounding box from the lung segmenter before resizing.")
+    latency = measure_latency(model, size)
+    for m in metrics.values():
+        m["mean_latency_ms"] = latency
+    card = {
+        "name": name,
+        "display_name": spec.display_name + ("" if pretrained or name == "vbreathnet" else " (from scratch)"),
+        "input_size": size,
+        "family": family,
+        "mode": mode,
+        "pretrained": pretrained,
+        "faithful_to_paper": (name == "vbreathnet" and size == spec.default_size) or (name != "vbreathnet" and bool(pretrained)),
+        "deviations": deviations,
+        "params": count_params(model),
+        "paper": {"params_total": spec.paper_params_total, "test_accuracy": 0.9684 if name == "vbreathnet" else None},
+        "data": {
+            "manifest": str(args.manifest.relative_to(settings.SHARED_DIR.parent)) if args.manifest.is_relative_to(settings.SHARED_DIR.parent) else str(args.manifest),
+            "manifest_sha256": sha256_file(args.manifest),
+            "split_sizes": {s: int(len(cs.labels)) for s, cs in splits.items()},
+            "quality_filter": "cxr_core.quality.assess: 'fail' images dropped from train only" if drop else "off",
+            "quality_verdicts_train": {
+                c: quality_counts[quality_counts["label"] == c]["quality"].value_counts().to_dict() for c in settings.CLASSES
+            },
+            "lung_crop": bool(args.lung_crop),
+        },
+        "preprocessing": {"size": size, "family": family, "intensity": "robust 1-99 percentile stretch", "lung_crop": bool(args.lung_crop)},
+        "training": {
+            "epochs": state["epoch"], "best_epoch": state.get("best_epoch"), "seconds": state["seconds"],
+            "batch": args.batch, "lr": args.lr, "seed": args.seed, "threads": args.threads,
+            "optimizer": "RMSprop" if name == "vbreathnet" else "Adam",
+            "schedule": "lr halved every 5 epochs (min 1e-6)", "balanced_sampling": True,
+            "augmentation": "rotation +-10 deg, shift 6 %, zoom 0.9-1.1, brightness/contrast 0.2, light blur; no flips",
+            "history": state["history"],
+            "command": "python -m cxr_core.train " + " ".join(argv if argv is not None else __import__("sys").argv[1:]),
+        },
+        "calibration": {
+            "temperature": temperature,
+            "ece_before": reliability(val.labels, val_raw)["ece"],
+            "ece_after": reliability(val.labels, val_cal)["ece"],
+            "reliability_before": {k: v for k, v in reliability(val.labels, val_raw).items() if k != "ece"},
+            "reliability_after": {k: v for k, v in reliability(val.labels, val_cal).items() if k != "ece"},
+            **abstain,
+        },
+        "metrics": metrics,
+        "latency_ms": latency,
+        "date": dt.date.today().isoformat(),
+        "code_version": code_version(),
+        "known_limits": KNOWN_LIMITS,
+    }
+    (args.out_dir / f"{name}.json").write_text(json.dumps(card, indent=1))
+    t = metrics["test"]
+    print(f"{name}: test accuracy {t['accuracy']:.4f}, macro-F1 {t['macro_f1']:.4f}, ECE {t['ece']:.4f}; "
+          f"T={temperature:.2f}; weights and card -> {args.out_dir}/{name}.pt|.json")
+
+
+if __name__ == "__main__":
+    main()

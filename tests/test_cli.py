@@ -1,0 +1,118 @@
+"""train -> evaluate -> predict, end to end on a tiny data set built from real cxr3 images."""
+
+from __future__ import annotations
+
+import csv
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+from conftest import cxr3_rows, requires_cxr3
+
+from cxr_core import evaluate, predict, settings, train
+from cxr_core.models import load_classifier
+
+EVAL_KEYS = {"n", "accuracy", "macro_f1", "per_class", "confusion_matrix", "roc_auc", "ece", "mean_latency_ms", "per_group"}
+
+
+@pytest.fixture()
+def tiny_manifest(tmp_path: Path) -> Path:
+    """Eight images per class and split, absolute paths, the real manifest's columns."""
+    rows = []
+    for split in ("train", "val", "test"):
+        for label in settings.CLASSES:
+            rows += [r for r in cxr3_rows(split) if r["label"] == label][:8]
+    for r in rows:
+        r["path"] = str(settings.CXR3_DIR / r["path"])
+    out = tmp_path / "manifest.csv"
+    with out.open("w", newline="") as fh:
+        writer = csv.DictWriter(fh, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    return out
+
+
+@pytest.fixture()
+def isolated(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    weights = tmp_path / "weights"
+    monkeypatch.setattr(settings, "WEIGHTS_DIR", weights)
+    monkeypatch.setattr(settings, "CACHE_DIR", tmp_path / "cache")
+    load_classifier.cache_clear()
+    yield weights
+    load_classifier.cache_clear()
+
+
+@requires_cxr3
+def test_train_evaluate_predict_end_to_end(tiny_manifest: Path, isolated: Path, tmp_path: Path, capsys) -> None:
+    train.main(["--model", "vbreathnet", "--manifest", str(tiny_manifest), "--size", "64", "--epochs", "2",
+                "--batch", "8", "--threads", "1", "--out-dir", str(isolated)])
+    card = json.loads((isolated / "vbreathnet.json").read_text())
+    assert card["input_size"] == 64 and card["training"]["epochs"] == 2
+    assert len(card["training"]["history"]) == 2
+    assert card["data"]["split_sizes"]["test"] == 24
+    assert card["params"]["trainable"] < 790_307  # smaller flatten at 64 px
+    assert any("64 px" in d for d in card["deviations"]) and card["faithful_to_paper"] is False
+    assert EVAL_KEYS <= set(card["metrics"]["test"])
+    assert card["calibration"]["temperature"] > 0
+
+    # evaluate on a folder with class sub-folders (any format load_image reads)
+    folder = tmp_path / "folder"
+    for r in cxr3_rows("test", n=12):
+        (folder / r["label"]).mkdir(parents=True, exist_ok=True)
+        shutil.copy(settings.CXR3_DIR / r["path"], folder / r["label"] / Path(r["path"]).name)
+    out = tmp_path / "metrics.json"
+    evaluate.main(["--model", "vbreathnet", "--data", str(folder), "--out", str(out), "--threads", "1"])
+    metrics = json.loads(out.read_text())
+    assert EVAL_KEYS <= set(metrics) and metrics["n"] == 12
+    assert sum(map(sum, metrics["confusion_matrix"])) == 12
+
+    # evaluate on the manifest: per-source and per-age-group metrics are present
+    evaluate.main(["--model", "vbreathnet", "--data", str(tiny_manifest), "--split", "test", "--out", str(out)])
+    metrics = json.loads(out.read_text())
+    assert set(metrics["per_group"]) == {"source", "age_group"}
+    assert set(metrics["per_group"]["age_group"]) == {"adult", "paediatric"}
+
+    # predict a worklist folder with one unreadable file: a row per file, the bad one with its error
+    (folder / "normal" / "broken.png").write_bytes(b"not an image")
+    csv_out = tmp_path / "pred.csv"
+    assert predict.main([str(folder), "--csv", str(csv_out)]) == 0
+    rows = list(csv.DictReader(csv_out.open()))
+    assert len(rows) == 13
+    bad = [r for r in rows if r["file"].endswith("broken.png")][0]
+    assert "not an image" in bad["error"]
+    good = [r for r in rows if not r["error"]]
+    for r in good:
+        total = sum(float(r[f"p_{c}"]) for c in settings.CLASSES)
+        assert abs(total - 1) < 1e-3 and r["predicted"] in settings.CLASSES
+        assert r["quality"] in {"pass", "warn", "fail"} and r["abstained"] in {"True", "False"}
+
+
+def test_predict_without_weights_says_how_to_train(isolated: Path, tmp_path: Path, capsys) -> None:
+    assert predict.main([str(tmp_path), "--model", "densenet121"]) == 2
+    assert "python -m cxr_core.train --model densenet121" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("module", [train, evaluate, predict])
+def test_cli_help(module, capsys) -> None:
+    with pytest.raises(SystemExit) as exc:
+        module.main(["--help"])
+    assert exc.value.code == 0
+    assert "usage: python -m cxr_core." in capsys.readouterr().out
+
+
+@requires_cxr3
+def test_head_mode_trains_only_the_head_of_a_frozen_imagenet_backbone(tiny_manifest: Path, isolated: Path) -> None:
+    if not settings.MOBILENET_V2_IMAGENET.is_file():
+        pytest.skip("shared MobileNetV2 ImageNet weights absent")
+    train.main(["--model", "mobilenet_v2", "--manifest", str(tiny_manifest), "--size", "64", "--epochs", "3",
+                "--views", "2", "--threads", "1", "--out-dir", str(isolated)])
+    card = json.loads((isolated / "mobilenet_v2.json").read_text())
+    assert card["mode"] == "head" and "ImageNet" in card["pretrained"]
+    assert len(card["training"]["history"]) == 3
+    clf = load_classifier("mobilenet_v2")
+    import torch
+
+    ref = torch.load(settings.MOBILENET_V2_IMAGENET, weights_only=True)
+    key = next(iter(ref))
+    assert torch.equal(clf.model.features.state_dict()[key], ref[key])  # backbone untouched by training

@@ -1,0 +1,93 @@
+"""Classifier architectures, the registry and the committed weights."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from conftest import cxr3_rows, requires_cxr3
+
+from cxr_core import settings
+from cxr_core.models import (
+    ModelUnavailableError,
+    VBreathNet,
+    build_model,
+    count_params,
+    load_classifier,
+    weights_path,
+)
+
+
+def test_vbreathnet_parameter_counts_match_paper() -> None:
+    counts = count_params(VBreathNet())
+    assert counts["trainable"] == 790_307  # PyTorch count
+    assert counts["keras_total"] == 792_291  # the paper's (Keras) count, BN running stats included
+
+
+def test_vbreathnet_shapes_and_eval_determinism() -> None:
+    torch.manual_seed(0)
+    net = VBreathNet().eval()
+    x = torch.rand(2, 3, 256, 256)
+    with torch.inference_mode():
+        a, b = net(x), net(x)
+    assert a.shape == (2, 3)
+    assert torch.equal(a, b)
+    with pytest.raises(ValueError, match="divisible"):
+        VBreathNet(input_size=100)
+
+
+def test_vbreathnet_train_mode_is_stochastic() -> None:
+    torch.manual_seed(0)
+    net = VBreathNet(input_size=64).train()
+    x = torch.rand(4, 3, 64, 64)
+    assert not torch.equal(net(x), net(x))  # dropout active in training only
+
+
+@pytest.mark.parametrize("name", ["densenet121", "mobilenet_v2", "vgg16"])
+def test_baselines_forward_and_head(name: str) -> None:
+    net, _ = build_model(name, imagenet=False)
+    net.eval()
+    with torch.inference_mode():
+        out = net(torch.rand(1, 3, 64, 64))
+        emb = net.embed(torch.rand(1, 3, 64, 64))
+    assert out.shape == (1, len(settings.CLASSES))
+    assert emb.ndim == 2 and emb.shape[1] == net.head[2].in_features
+
+
+def test_mobilenet_uses_shared_imagenet_weights_when_present() -> None:
+    net, source = build_model("mobilenet_v2")
+    if not settings.MOBILENET_V2_IMAGENET.is_file():
+        assert source == ""
+        pytest.skip(f"ImageNet weights not found at {settings.MOBILENET_V2_IMAGENET}")
+    assert "ImageNet" in source
+    ref = torch.load(settings.MOBILENET_V2_IMAGENET, weights_only=True)
+    first = next(iter(ref))
+    assert torch.equal(net.features.state_dict()[first], ref[first])
+
+
+def test_missing_weights_raise_clear_error(tmp_path, monkeypatch) -> None:
+    monkeypatch.setattr(settings, "WEIGHTS_DIR", tmp_path)
+    load_classifier.cache_clear()
+    try:
+        with pytest.raises(ModelUnavailableError, match="python -m cxr_core.train --model vgg16"):
+            load_classifier("vgg16")
+    finally:
+        load_classifier.cache_clear()
+
+
+@requires_cxr3
+@pytest.mark.skipif(not weights_path("vbreathnet").is_file(), reason="weights/vbreathnet.pt not trained yet")
+def test_committed_vbreathnet_scores_at_least_90_percent_on_90_test_images() -> None:
+    from cxr_core.classify import predict
+    from cxr_core.io import load_image
+
+    rows = cxr3_rows("test")
+    rng = np.random.default_rng(7)
+    by_class = {c: [r for r in rows if r["label"] == c] for c in settings.CLASSES}
+    sample = [r for c in settings.CLASSES for r in rng.choice(by_class[c], 30, replace=False)]
+    clf = load_classifier("vbreathnet")
+    correct = sum(
+        predict(load_image(settings.CXR3_DIR / r["path"]), clf).predicted == r["label"] for r in sample
+    )
+    assert len(sample) == 90
+    assert correct / 90 >= 0.90, f"{correct}/90 correct"
