@@ -155,15 +155,20 @@ class Run:
 
 def train_full(model: nn.Module, name: str, train: CachedSplit, val: CachedSplit, args: argparse.Namespace) -> dict[str, Any]:
     family = SPECS[name].family
-    run = Run(name)
+    run = Run(f"{name}-{train.images.shape[-1]}px{'-lungcrop' if args.lung_crop else ''}")
     model = model.to(memory_format=torch.channels_last)
     if name == "vbreathnet":
         opt: torch.optim.Optimizer = torch.optim.RMSprop(model.parameters(), lr=args.lr)
     else:
         opt = torch.optim.Adam(model.parameters(), lr=args.lr, weight_decay=1e-4)
-    state: dict[str, Any] = {"epoch": 0, "history": [], "best_acc": -1.0, "seconds": 0.0}
+    state: dict[str, Any] = {"epoch": 0, "history": [], "best_acc": -1.0, "seconds": 0.0, "size": train.images.shape[-1]}
+    if not args.resume and run.dir.exists():
+        for f in (run.last, run.best):
+            f.unlink(missing_ok=True)
     if args.resume and run.last.exists():
         ckpt = torch.load(run.last, map_location="cpu", weights_only=True)
+        if ckpt["state"].get("size", train.images.shape[-1]) != train.images.shape[-1]:
+            raise SystemExit(f"{run.last} is a run at another input size; pass --no-resume or delete {run.dir}")
         model.load_state_dict(ckpt["model"])
         opt.load_state_dict(ckpt["optimizer"])
         state = ckpt["state"]
