@@ -85,7 +85,7 @@ def build_cache(
     verdicts: list[str] = []
     for i, row in enumerate(tqdm(df.itertuples(), total=len(df), desc=f"decode {size}px", mininterval=5)):
         image = load_image(row.file)
-        verdicts.append(assess(image).verdict)
+        verdicts.append(assess(image, check_plausibility=False).verdict)  # the filter is about quality only
         images[i] = standardise(image.pixels, size, boxes.get(row.path))
     out.parent.mkdir(parents=True, exist_ok=True)
     np.savez(out, images=images, verdict=np.array(verdicts), path=df["path"].to_numpy(dtype=str))

@@ -11,6 +11,7 @@ import io as _io
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
+from struct import error as struct_error
 from typing import BinaryIO, Union
 
 import numpy as np
@@ -88,17 +89,26 @@ def load_image(
 ) -> CXRImage:
     """Decode a path or raw bytes (PNG, JPEG, BMP, TIFF or DICOM) into a `CXRImage`.
 
-    Raises `ImageLoadError` with a user-facing message for anything that is not a usable image.
+    `source` may be a path, the file's bytes, or a binary file object (such as Streamlit's
+    `UploadedFile`). Raises `ImageLoadError` with a user-facing message for anything that is not
+    a usable image; no other exception type leaves this function.
     """
     try:
         data, name = _read_bytes(source, filename)
-        if _looks_like_dicom(data, name):
+        kind = _sniff(data)
+        if kind in _PIL_FORMATS:
+            return _load_pil(data, name, kind)
+        if kind == "DICOM" or (kind is None and _suffix(name) in {".dcm", ".dicom"}):
             return _load_dicom(data, name, include_identifiers)
-        return _load_pil(data, name)
+        raise ImageLoadError(_unsupported_message(kind, data, name))
     except ImageLoadError:
         raise
-    except MemoryError:
-        raise ImageLoadError("The image is too large to process on this machine.") from None
+    except (MemoryError, Image.DecompressionBombError):
+        raise ImageLoadError(
+            "The image is too large to process on this machine and was refused."
+        ) from None
+    except RecursionError:
+        raise ImageLoadError("The file is malformed (its structure is nested too deeply).") from None
     except Exception as exc:  # never let a decoder's own exception reach the user
         raise ImageLoadError(
             f"The file could not be read as an image ({type(exc).__name__}). "
@@ -112,23 +122,47 @@ def load_image(
 def _read_bytes(source: Source, filename: str | None) -> tuple[bytes, str | None]:
     if isinstance(source, (str, Path)):
         path = Path(source)
+        if path.is_dir():
+            raise ImageLoadError(f"'{path.name}' is a folder, not an image file.")
         if not path.is_file():
             raise ImageLoadError(f"No file was found at '{path.name}'.")
-        size = path.stat().st_size
-        _check_file_size(size)
-        return path.read_bytes(), filename or path.name
+        try:
+            _check_file_size(path.stat().st_size)
+            data = path.read_bytes()
+        except PermissionError:
+            raise ImageLoadError(f"The file '{path.name}' could not be opened (permission denied).") from None
+        except OSError as exc:
+            raise ImageLoadError(f"The file '{path.name}' could not be read from disk ({exc.strerror or exc}).") from None
+        _check_file_size(len(data))
+        return data, filename or path.name
     if isinstance(source, (bytes, bytearray, memoryview)):
         data = bytes(source)
     elif hasattr(source, "read"):
-        data = source.read()
-        if not isinstance(data, (bytes, bytearray)):
-            raise ImageLoadError("The upload did not contain binary image data.")
+        filename = filename or _basename(getattr(source, "name", None))
+        if hasattr(source, "getvalue"):  # BytesIO / Streamlit UploadedFile: whole buffer, any position
+            data = source.getvalue()
+        else:
+            if hasattr(source, "seek"):
+                try:
+                    source.seek(0)
+                except (OSError, ValueError):
+                    pass
+            data = source.read(settings.MAX_FILE_BYTES + 1)
+        if not isinstance(data, (bytes, bytearray, memoryview)):
+            raise ImageLoadError("The upload did not contain binary image data (it was opened as text).")
         data = bytes(data)
-        filename = filename or getattr(source, "name", None)
     else:
         raise ImageLoadError("Unsupported input: give a file path or the file's bytes.")
     _check_file_size(len(data))
     return data, filename
+
+
+def _basename(name: object) -> str | None:
+    return Path(name).name if isinstance(name, str) and name else None
+
+
+def _suffix(name: str | None) -> str:
+    return Path(name).suffix.lower() if name else ""
 
 
 def _check_file_size(n: int) -> None:
@@ -140,99 +174,251 @@ def _check_file_size(n: int) -> None:
         )
 
 
-def _looks_like_dicom(data: bytes, name: str | None) -> bool:
+# --- format sniffing -----------------------------------------------------------------------
+
+
+_BMP_HEADER_SIZES = {12, 16, 40, 52, 56, 64, 108, 124}
+
+
+def _sniff(data: bytes) -> str | None:
+    """Identify the container from its magic bytes (never from the file name)."""
+    head = data[:64]
+    if head.startswith(b"\x89PNG\r\n\x1a\n"):
+        return "PNG"
+    if head.startswith(b"\xff\xd8\xff"):
+        return "JPEG"
+    if head.startswith(b"BM") and len(data) >= 26 and int.from_bytes(data[14:18], "little") in _BMP_HEADER_SIZES:
+        return "BMP"
+    if head[:4] in (b"II*\x00", b"MM\x00*"):
+        return "TIFF"
+    if head[:4] in (b"II+\x00", b"MM\x00+"):
+        return "BIGTIFF"
+    if _looks_like_dicom(data):
+        return "DICOM"
+    if head[:6] in (b"GIF87a", b"GIF89a"):
+        return "GIF"
+    if head[:4] == b"RIFF" and head[8:12] == b"WEBP":
+        return "WEBP"
+    if head[4:12] in (b"ftypheic", b"ftypheix", b"ftypmif1", b"ftypavif", b"ftypheif", b"ftyphevc"):
+        return "HEIC"
+    if head.startswith(b"\x00\x00\x00\x0cjP  ") or head.startswith(b"\xff\x4f\xff\x51"):
+        return "JPEG2000"
+    if head.startswith(b"%PDF"):
+        return "PDF"
+    if head[:4] in (b"PK\x03\x04", b"PK\x05\x06", b"PK\x07\x08"):
+        return "ZIP"
+    if head.startswith(b"\x1f\x8b"):
+        return "GZIP"
+    if head.startswith(b"Rar!") or head.startswith(b"7z\xbc\xaf\x27\x1c"):
+        return "ARCHIVE"
+    if head.startswith(b"8BPS"):
+        return "PSD"
+    if head[:4] == b"\x00\x00\x01\x00":
+        return "ICO"
+    text = _as_text(data[:4096])
+    if text is not None:
+        low = text.lstrip("\ufeff \t\r\n").lower()
+        if "<svg" in low[:2048]:
+            return "SVG"
+        if low.startswith(("<!doctype html", "<html", "<head", "<body")) or "<html" in low[:1024]:
+            return "HTML"
+        if low.startswith("<?xml"):
+            return "XML"
+        if low.startswith(("{", "[")):
+            return "JSON"
+        return "TEXT"
+    return None
+
+
+def _as_text(chunk: bytes) -> str | None:
+    if not chunk or b"\x00" in chunk:
+        return None
+    try:
+        text = chunk.decode("utf-8")
+    except UnicodeDecodeError:
+        try:  # a cut in the middle of a multi-byte character at the end of the chunk
+            text = chunk[:-3].decode("utf-8")
+        except UnicodeDecodeError:
+            return None
+    printable = sum(c.isprintable() or c in "\r\n\t" for c in text)
+    return text if printable >= 0.95 * max(len(text), 1) else None
+
+
+_UNSUPPORTED = {
+    "GIF": "GIF images are not supported (they hold at most 256 grey levels and may be animated). "
+    "Upload the original PNG, JPEG or DICOM.",
+    "WEBP": "WebP images are not supported. Upload a PNG, JPEG, BMP, TIFF or DICOM file.",
+    "HEIC": "HEIC/AVIF photos (iPhone format) are not supported. Export the image as JPEG or PNG.",
+    "JPEG2000": "Stand-alone JPEG 2000 files are not supported (JPEG 2000 inside DICOM is). "
+    "Upload a PNG, JPEG or DICOM file.",
+    "BIGTIFF": "BigTIFF files are not supported. Save the image as a normal TIFF, PNG or DICOM.",
+    "PDF": "This is a PDF document, not an image. Export the radiograph itself as PNG, JPEG or DICOM.",
+    "ZIP": "This is a ZIP archive. Extract it and upload a single image file.",
+    "GZIP": "This is a compressed (gzip) archive. Extract it and upload a single image file.",
+    "ARCHIVE": "This is a compressed archive (RAR/7z). Extract it and upload a single image file.",
+    "PSD": "Photoshop (PSD) files are not supported. Export the image as PNG or JPEG.",
+    "ICO": "Icon (ICO) files are not supported. Upload a PNG, JPEG, BMP, TIFF or DICOM file.",
+    "SVG": "SVG drawings are vector graphics, not radiographs. Upload a PNG, JPEG, BMP, TIFF or DICOM file.",
+    "HTML": "This file is a web page (HTML), not an image. Save the image itself, not the page.",
+    "XML": "This file is an XML document, not an image.",
+    "JSON": "This file is a JSON text document, not an image.",
+    "TEXT": "This file contains text, not an image.",
+}
+
+
+def _unsupported_message(kind: str | None, data: bytes, name: str | None) -> str:
+    if kind in _UNSUPPORTED:
+        return _UNSUPPORTED[kind]
+    return (
+        "This file is not in a recognised image format. "
+        "Upload a PNG, JPEG, BMP, TIFF or DICOM file."
+    )
+
+
+_DICOM_VRS = {
+    b"AE", b"AS", b"AT", b"CS", b"DA", b"DS", b"DT", b"FL", b"FD", b"IS", b"LO", b"LT", b"OB",
+    b"OD", b"OF", b"OL", b"OV", b"OW", b"PN", b"SH", b"SL", b"SQ", b"SS", b"ST", b"SV", b"TM",
+    b"UC", b"UI", b"UL", b"UN", b"UR", b"US", b"UT", b"UV",
+}
+
+
+def _looks_like_dicom(data: bytes) -> bool:
     if len(data) >= 132 and data[128:132] == b"DICM":
         return True
-    suffix = Path(name).suffix.lower() if name else ""
-    if suffix in {".dcm", ".dicom"}:
+    if data[:4] == b"DICM":  # magic without the 128-byte preamble
         return True
-    # Preamble-less DICOM: a dataset that starts with a (0008,xxxx) or (0002,xxxx) group tag.
-    return len(data) >= 8 and data[:2] in (b"\x08\x00", b"\x02\x00") and data[2:4] != b"\x00\x00"
+    # Preamble-less dataset: starts with a little-endian (0002,xxxx) or (0008,xxxx) tag followed
+    # by an explicit VR, or by a small implicit-VR length.
+    if len(data) < 12 or data[:2] not in (b"\x02\x00", b"\x08\x00"):
+        return False
+    if data[4:6] in _DICOM_VRS:
+        return True
+    length = int.from_bytes(data[4:8], "little")
+    return data[2:4] != b"\x00\x00" and 0 < length <= min(1024, len(data))
 
 
 def _check_dimensions(width: int, height: int) -> None:
     if width <= 0 or height <= 0:
-        raise ImageLoadError("The image has no pixels.")
+        raise ImageLoadError("The image has no pixels (its width or height is 0).")
     if max(width, height) > settings.MAX_IMAGE_SIDE or width * height > settings.MAX_IMAGE_PIXELS:
         raise ImageLoadError(
-            f"The image is {width} x {height} pixels; the limit is "
-            f"{settings.MAX_IMAGE_SIDE} pixels per side and {settings.MAX_IMAGE_PIXELS // 1_000_000} megapixels."
+            f"The image is too large: {width} x {height} pixels; the limit is "
+            f"{settings.MAX_IMAGE_SIDE} pixels per side and "
+            f"{settings.MAX_IMAGE_PIXELS // 1_000_000} megapixels. It was refused before decoding."
         )
     if min(width, height) < settings.MIN_IMAGE_SIDE:
         raise ImageLoadError(
-            f"The image is only {width} x {height} pixels; at least {settings.MIN_IMAGE_SIDE} pixels "
-            "per side are needed to read a chest X-ray."
+            f"The image is too small: only {width} x {height} pixels; at least "
+            f"{settings.MIN_IMAGE_SIDE} pixels per side are needed to read a chest X-ray."
         )
 
 
 # --- PNG / JPEG / BMP / TIFF -----------------------------------------------------------------
 
 
-def _load_pil(data: bytes, name: str | None) -> CXRImage:
+def _load_pil(data: bytes, name: str | None, kind: str) -> CXRImage:
     with warnings.catch_warnings():
-        warnings.simplefilter("error", Image.DecompressionBombWarning)
+        # Our own size limits (checked right after the header is parsed) replace PIL's warning;
+        # PIL still raises DecompressionBombError for headers above twice its limit.
+        warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+        warnings.simplefilter("ignore", UserWarning)
         try:
-            im = Image.open(_io.BytesIO(data))
-        except UnidentifiedImageError:
+            im = Image.open(_io.BytesIO(data), formats=[kind])
+        except Image.DecompressionBombError:
             raise ImageLoadError(
-                "This file is not an image we can read. Upload a PNG, JPEG, BMP, TIFF or DICOM file."
+                "The image is too large: its header claims more than "
+                f"{2 * (Image.MAX_IMAGE_PIXELS or 0) // 1_000_000} megapixels "
+                "(a possible decompression bomb). It was refused before decoding."
             ) from None
-        except (Image.DecompressionBombError, Image.DecompressionBombWarning):
+        except (UnidentifiedImageError, SyntaxError, OSError, ValueError, EOFError) as exc:
             raise ImageLoadError(
-                "The image is too large (it looks like a decompression bomb) and was refused."
-            ) from None
-        fmt = (im.format or "").upper()
-        if fmt not in _PIL_FORMATS:
-            raise ImageLoadError(
-                f"{fmt or 'This'} files are not supported. Upload a PNG, JPEG, BMP, TIFF or DICOM file."
-            )
+                f"The {kind} file is damaged: its header could not be read "
+                "(it may be truncated or corrupted in transfer)."
+            ) from exc
+        fmt = (im.format or kind).upper()
         width, height = im.size
         _check_dimensions(width, height)
-        if getattr(im, "n_frames", 1) > 1 and fmt != "MPO":
+        n_frames = getattr(im, "n_frames", 1)
+        if n_frames > 1 and fmt != "MPO":
             raise ImageLoadError(
-                f"The {fmt} file holds {im.n_frames} images; upload a single radiograph."
+                f"The {fmt} file holds {n_frames} images (pages/frames); upload a single radiograph."
             )
         if fmt in {"JPEG", "MPO"}:
-            # Let libjpeg decode at a reduced scale: cheap downscaling of huge photos/scans.
-            im.draft(im.mode if im.mode != "CMYK" else "RGB", (settings.WORKING_SIDE, settings.WORKING_SIDE))
+            # Let libjpeg decode at a reduced scale (1/2..1/8): cheap downscaling of huge scans.
+            im.draft("L" if im.mode == "L" else None, (settings.WORKING_SIDE, settings.WORKING_SIDE))
         try:
             im.load()
-        except (OSError, SyntaxError) as exc:
-            raise ImageLoadError(
-                "The image file is damaged or truncated and could not be decoded completely."
-            ) from exc
-        except (Image.DecompressionBombError, Image.DecompressionBombWarning):
+        except Image.DecompressionBombError:
             raise ImageLoadError("The image is too large and was refused.") from None
-    im = ImageOps.exif_transpose(im)
+        except (OSError, SyntaxError, ValueError, EOFError, IndexError, struct_error) as exc:
+            raise ImageLoadError(
+                f"The {fmt} image data is damaged or truncated and could not be decoded completely."
+            ) from exc
+    try:
+        im = ImageOps.exif_transpose(im)
+    except Exception:  # a broken EXIF block must not make a readable image unreadable
+        pass
     mode = im.mode
-    bit_depth = 16 if mode.startswith("I;16") or mode == "I" else (32 if mode == "F" else 8)
-    had_alpha = mode in {"RGBA", "LA", "PA", "La", "RGBa"} or (
-        mode == "P" and "transparency" in im.info
-    )
+    bit_depth = _pil_bit_depth(im)
+    had_alpha = mode in {"RGBA", "LA", "PA", "La", "RGBa"} or (mode == "P" and "transparency" in im.info)
+    photometric = _photometric_from_mode(mode)
+    im = _reduce_large(im)
     arr, channels, colourfulness = _pil_to_gray(im)
-    pixels = _normalise(arr, bit_depth)
+    pixels = _normalise(arr, 8 if bit_depth == 8 else 16)
     pixels, downscaled = _downscale(pixels)
     meta = ImageMeta(
         format="JPEG" if fmt == "MPO" else fmt,
         original_size=(width, height),
         bit_depth=bit_depth,
-        photometric=_photometric_from_mode(mode),
+        photometric=photometric,
         channels=channels,
-        downscaled=downscaled,
+        downscaled=downscaled or max(width, height) > max(pixels.shape),
         had_alpha=had_alpha,
         colourfulness=colourfulness,
     )
     return CXRImage(pixels=pixels, meta=meta, filename=name)
 
 
+def _pil_bit_depth(im: Image.Image) -> int:
+    mode = im.mode
+    if mode.startswith("I;16"):
+        return 16
+    if mode == "I":  # 32-bit integer TIFF, or 16-bit data widened by PIL
+        return 32 if im.format == "TIFF" else 16
+    if mode == "F":
+        return 32
+    if mode == "1":
+        return 1
+    return 8
+
+
 def _photometric_from_mode(mode: str) -> str:
-    if mode in {"L", "LA", "I", "I;16", "I;16B", "I;16L", "F", "1"}:
+    if mode in {"L", "LA", "La", "I", "I;16", "I;16B", "I;16L", "I;16N", "F", "1"}:
         return "MONOCHROME2"
-    if mode == "P":
+    if mode in {"P", "PA"}:
         return "PALETTE"
     if mode == "CMYK":
         return "CMYK"
+    if mode == "YCbCr":
+        return "YBR_FULL"
     return "RGB"
+
+
+def _reduce_large(im: Image.Image) -> Image.Image:
+    """Integer box-reduce very large images in PIL (C, uint8) before any float conversion."""
+    factor = max(im.size) // settings.WORKING_SIDE
+    if factor < 2:
+        return im
+    if im.mode.startswith("I;16"):
+        im = im.convert("I")
+    elif im.mode == "1":
+        im = im.convert("L")
+    elif im.mode in {"P", "PA"}:
+        im = im.convert("RGBA" if (im.mode == "PA" or "transparency" in im.info) else "RGB")
+    try:
+        return im.reduce(factor)
+    except (ValueError, NotImplementedError):
+        return im
 
 
 def _pil_to_gray(im: Image.Image) -> tuple[np.ndarray, int, float]:
@@ -240,27 +426,28 @@ def _pil_to_gray(im: Image.Image) -> tuple[np.ndarray, int, float]:
     mode = im.mode
     if mode == "P":
         im = im.convert("RGBA" if "transparency" in im.info else "RGB")
-        mode = im.mode
-    if mode in {"LA", "La", "PA"}:
+    elif mode in {"LA", "La", "PA"}:
         im = im.convert("RGBA")
-        mode = "RGBA"
-    if mode in {"CMYK", "YCbCr", "LAB", "HSV", "RGBa"}:
+    elif mode == "1":
+        return np.asarray(im.convert("L"), dtype=np.float32), 1, 0.0
+    elif mode in {"I;16", "I;16L", "I;16B", "I;16N"}:
+        return np.asarray(im).astype(np.float32), 1, 0.0
+    elif mode in {"I", "F", "L"}:
+        return np.asarray(im, dtype=np.float32), 1, 0.0
+    elif mode not in {"RGB", "RGBA"}:  # CMYK, YCbCr, LAB, HSV, RGBX, RGBa, ...
         im = im.convert("RGB")
-        mode = "RGB"
-    if mode == "1":
-        im = im.convert("L")
-        mode = "L"
-    if mode in {"RGB", "RGBA"}:
-        rgba = np.asarray(im, dtype=np.float32) / 255.0
-        rgb = rgba[..., :3]
-        if mode == "RGBA":
-            rgb = rgb * rgba[..., 3:4]  # transparent areas become black background
-        chroma = rgb.max(axis=2) - rgb.min(axis=2)
-        gray = rgb @ np.array([0.299, 0.587, 0.114], dtype=np.float32)
-        return gray * 255.0, 3, float(chroma.mean())
-    if mode.startswith("I;16"):
-        return np.asarray(im, dtype=np.uint16).astype(np.float32), 1, 0.0
-    return np.asarray(im, dtype=np.float32), 1, 0.0
+    mode = im.mode
+    arr = np.asarray(im)
+    if arr.ndim != 3 or arr.shape[2] < 3 or arr.dtype != np.uint8:
+        raise ImageLoadError(f"The image uses an unsupported pixel layout ({mode}).")
+    # Per-channel views: reductions over the last (size-3) axis are slow in numpy.
+    r, g, b = (arr[..., i].astype(np.float32) for i in range(3))
+    if mode == "RGBA":  # transparent areas become black background
+        alpha = arr[..., 3].astype(np.float32) * (1.0 / 255.0)
+        r, g, b = r * alpha, g * alpha, b * alpha
+    chroma = np.maximum(np.maximum(r, g), b) - np.minimum(np.minimum(r, g), b)
+    gray = 0.299 * r + 0.587 * g + 0.114 * b
+    return gray, 3, float(chroma.mean(dtype=np.float64) / 255.0)
 
 
 def _normalise(arr: np.ndarray, bit_depth: int) -> np.ndarray:
@@ -270,7 +457,7 @@ def _normalise(arr: np.ndarray, bit_depth: int) -> np.ndarray:
     if not np.isfinite(arr).all():
         arr = np.nan_to_num(arr, nan=0.0, posinf=0.0, neginf=0.0)
     if bit_depth == 8:
-        return np.clip(arr / 255.0, 0.0, 1.0)
+        return np.clip(arr / 255.0, 0.0, 1.0).astype(np.float32, copy=False)
     lo, hi = float(arr.min()), float(arr.max())
     if hi <= lo:
         return np.zeros_like(arr, dtype=np.float32)
@@ -286,7 +473,7 @@ def _downscale(pixels: np.ndarray) -> tuple[np.ndarray, bool]:
 
     scale = settings.WORKING_SIDE / long_side
     size = (max(1, round(w * scale)), max(1, round(h * scale)))
-    out = cv2.resize(pixels.astype(np.float32), size, interpolation=cv2.INTER_AREA)
+    out = cv2.resize(np.ascontiguousarray(pixels, dtype=np.float32), size, interpolation=cv2.INTER_AREA)
     return np.clip(out, 0.0, 1.0), True
 
 
@@ -294,34 +481,61 @@ def _downscale(pixels: np.ndarray) -> tuple[np.ndarray, bool]:
 
 
 def _load_dicom(data: bytes, name: str | None, include_identifiers: bool) -> CXRImage:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # pydicom warns about every non-conformant tag
+        return _load_dicom_inner(data, name, include_identifiers)
+
+
+def _load_dicom_inner(data: bytes, name: str | None, include_identifiers: bool) -> CXRImage:
     import pydicom
     from pydicom.errors import InvalidDicomError
     from pydicom.pixels import apply_modality_lut, apply_voi_lut
 
+    if data[:4] == b"DICM":
+        data = b"\x00" * 128 + data
     try:
         ds = pydicom.dcmread(_io.BytesIO(data), force=True)
+        ds.get("PixelData")  # reading is lazy for some elements: touch the essentials now
+        ds.get("Rows")
+        ds.get("Columns")
     except InvalidDicomError:
         raise ImageLoadError("This file is not a valid DICOM file.") from None
     except Exception as exc:
-        raise ImageLoadError("The DICOM file is damaged and could not be read.") from exc
-    if "PixelData" not in ds and "FloatPixelData" not in ds and "DoubleFloatPixelData" not in ds:
-        if len(ds) == 0:
-            raise ImageLoadError("This file is not an image or a DICOM file we can read.")
-        raise ImageLoadError("The DICOM file has no pixel data (it may be a report or a structured document).")
-    frames = int(ds.get("NumberOfFrames", 1) or 1)
-    if frames > 1:
         raise ImageLoadError(
-            f"The DICOM file holds {frames} frames; upload a single-frame radiograph."
+            "The DICOM file is damaged (its header could not be parsed) and could not be read."
+        ) from exc
+    if not _has_pixel_data(ds):
+        if "Rows" not in ds and "SOPClassUID" not in ds and "Modality" not in ds:
+            if data[128:132] == b"DICM":
+                raise ImageLoadError(
+                    "The DICOM file is damaged or incomplete: no image attributes could be read."
+                )
+            raise ImageLoadError("This file is not a valid DICOM file (no image attributes were found).")
+        raise ImageLoadError(
+            "The DICOM file has no pixel data (it may be a report, a structured document or a "
+            "presentation state, not an image)."
         )
-    try:
-        rows, cols = int(ds.Rows), int(ds.Columns)
-    except (AttributeError, TypeError, ValueError):
-        raise ImageLoadError("The DICOM file does not state the image size (Rows/Columns missing).") from None
+    frames = _int_tag(ds, "NumberOfFrames", 1)
+    if frames > 1:
+        raise ImageLoadError(f"The DICOM file holds {frames} frames; upload a single-frame radiograph.")
+    rows, cols = _int_tag(ds, "Rows", None), _int_tag(ds, "Columns", None)
+    if rows is None or cols is None:
+        raise ImageLoadError("The DICOM file does not state the image size (Rows/Columns missing).")
     _check_dimensions(cols, rows)
-    if not hasattr(ds, "file_meta") or "TransferSyntaxUID" not in ds.file_meta:
-        # Files without a preamble/meta header: the usual encoding is implicit VR little endian.
-        ds.file_meta = getattr(ds, "file_meta", pydicom.dataset.FileMetaDataset())
-        ds.file_meta.TransferSyntaxUID = pydicom.uid.ImplicitVRLittleEndian
+    samples = _int_tag(ds, "SamplesPerPixel", 1)
+    bits_allocated = _int_tag(ds, "BitsAllocated", None)
+    if bits_allocated not in (1, 8, 16, 32, 64):
+        raise ImageLoadError(
+            f"The DICOM file has an invalid Bits Allocated value ({ds.get('BitsAllocated')}); "
+            "the pixel data cannot be interpreted."
+        )
+    if samples not in (1, 3):
+        raise ImageLoadError(f"The DICOM file has an unsupported Samples per Pixel value ({samples}).")
+    _ensure_transfer_syntax(ds)
+    photometric = str(ds.get("PhotometricInterpretation", "MONOCHROME2") or "MONOCHROME2").strip().upper()
+    if "PhotometricInterpretation" not in ds:
+        ds.PhotometricInterpretation = photometric if samples == 1 else "RGB"
+        photometric = str(ds.PhotometricInterpretation)
     try:
         arr = ds.pixel_array
     except Exception as exc:
@@ -331,24 +545,35 @@ def _load_dicom(data: bytes, name: str | None, include_identifiers: bool) -> CXR
             f"The DICOM pixel data could not be decoded (transfer syntax: {name_}). "
             "The file may be damaged or use a compression this installation cannot read."
         ) from exc
-    photometric = str(ds.get("PhotometricInterpretation", "MONOCHROME2")).upper()
-    samples = int(ds.get("SamplesPerPixel", 1) or 1)
     colourfulness = 0.0
-    if arr.ndim == 3 and samples == 3:
-        if photometric.startswith("YBR"):
-            from pydicom.pixels import convert_color_space
+    if photometric == "PALETTE COLOR" and arr.ndim == 2:
+        from pydicom.pixels import apply_color_lut
 
-            arr = convert_color_space(arr, photometric, "RGB")
+        try:
+            arr = apply_color_lut(arr, ds)
+        except Exception as exc:
+            raise ImageLoadError("The DICOM palette (colour lookup table) is missing or invalid.") from exc
+    if arr.ndim == 3 and arr.shape[-1] == 3:
+        # pydicom 3 already converts YBR_FULL(_422) to RGB when decoding (as_rgb=True).
         rgb = arr.astype(np.float32)
+        scale = max(float(rgb.max()), 1.0)
         chroma = rgb.max(axis=2) - rgb.min(axis=2)
-        colourfulness = float(chroma.mean() / max(float(rgb.max()), 1.0))
-        arr = rgb @ np.array([0.299, 0.587, 0.114], dtype=np.float32)
-    elif arr.ndim != 2:
-        raise ImageLoadError(f"The DICOM pixel data has an unexpected shape {arr.shape}.")
+        colourfulness = float(chroma.mean() / scale)
+        gray = rgb @ np.array([0.299, 0.587, 0.114], dtype=np.float32)
+        full = float(2 ** min(int(ds.get("BitsStored", 8) or 8), 16) - 1)
+        pixels = np.clip(gray / full, 0.0, 1.0).astype(np.float32)
+    elif arr.ndim == 2:
+        if photometric not in ("MONOCHROME1", "MONOCHROME2"):
+            raise ImageLoadError(f"The DICOM photometric interpretation '{photometric}' is not supported.")
+        try:
+            arr = apply_modality_lut(arr, ds)
+        except Exception as exc:
+            raise ImageLoadError(
+                "The DICOM rescale values (Rescale Slope/Intercept or Modality LUT) are invalid."
+            ) from exc
+        pixels = _apply_voi(arr, ds, apply_voi_lut)
     else:
-        arr = apply_modality_lut(arr, ds)
-        arr = apply_voi_lut(arr, ds, index=0)
-    pixels = _normalise(np.asarray(arr, dtype=np.float32), 16)
+        raise ImageLoadError(f"The DICOM pixel data has an unexpected shape {arr.shape}.")
     if photometric == "MONOCHROME1":
         pixels = 1.0 - pixels  # MONOCHROME1 stores dense tissue dark; models expect it bright
     pixels, downscaled = _downscale(pixels)
@@ -368,7 +593,7 @@ def _load_dicom(data: bytes, name: str | None, include_identifiers: bool) -> CXR
     meta = ImageMeta(
         format="DICOM",
         original_size=(cols, rows),
-        bit_depth=int(ds.get("BitsStored", ds.get("BitsAllocated", 16)) or 16),
+        bit_depth=_int_tag(ds, "BitsStored", bits_allocated) or bits_allocated,
         photometric=photometric,
         channels=samples,
         downscaled=downscaled,
@@ -378,10 +603,98 @@ def _load_dicom(data: bytes, name: str | None, include_identifiers: bool) -> CXR
         pixel_spacing=pixel_spacing,
         identifiers=identifiers,
     )
-    return CXRImage(pixels=pixels, meta=meta, filename=name)
+    return CXRImage(pixels=np.ascontiguousarray(pixels, dtype=np.float32), meta=meta, filename=name)
+
+
+def _has_pixel_data(ds) -> bool:
+    for tag in ("PixelData", "FloatPixelData", "DoubleFloatPixelData"):
+        if tag in ds and ds[tag].value not in (None, b""):
+            return True
+    return False
+
+
+def _int_tag(ds, keyword: str, default):
+    value = ds.get(keyword, None)
+    if value in (None, ""):
+        return default
+    try:
+        if isinstance(value, (list, tuple)) or getattr(value, "VM", 1) > 1:
+            value = value[0]
+        return int(float(value))
+    except (TypeError, ValueError, IndexError):
+        raise ImageLoadError(
+            f"The DICOM file has an invalid {keyword} value ({str(value)[:40]!r})."
+        ) from None
+
+
+def _ensure_transfer_syntax(ds) -> None:
+    """Files without a meta header: infer the encoding the dataset was actually read with."""
+    import pydicom
+
+    meta = getattr(ds, "file_meta", None)
+    if meta is None:
+        meta = ds.file_meta = pydicom.dataset.FileMetaDataset()
+    if "TransferSyntaxUID" in meta:
+        return
+    implicit, little = getattr(ds, "original_encoding", (True, True))
+    if little is False:
+        meta.TransferSyntaxUID = pydicom.uid.ExplicitVRBigEndian
+    elif implicit is False:
+        meta.TransferSyntaxUID = pydicom.uid.ExplicitVRLittleEndian
+    else:
+        meta.TransferSyntaxUID = pydicom.uid.ImplicitVRLittleEndian
+
+
+def _apply_voi(arr: np.ndarray, ds, apply_voi_lut) -> np.ndarray:
+    """VOI LUT or window centre/width (pydicom), then scale by the VOI's output range to [0, 1].
+
+    Without a VOI the stored range is min-max stretched. An unusable window (e.g. width 0) is
+    ignored rather than refused: the full range is still a readable image.
+    """
+    arr = np.asarray(arr)
+    seq = ds.get("VOILUTSequence")
+    has_window = ds.get("WindowCenter") is not None and ds.get("WindowWidth") is not None
+    if seq:
+        try:
+            lut = seq[0]
+            lut_data = np.asarray(apply_voi_lut(np.arange(int(lut.LUTDescriptor[0] or 65536)) + int(lut.LUTDescriptor[1]), ds))
+            lo, hi = float(lut_data.min()), float(lut_data.max())
+            src = arr if np.issubdtype(arr.dtype, np.integer) else np.rint(arr).astype(np.int64)
+            out = np.asarray(apply_voi_lut(src, ds), dtype=np.float32)
+            if hi > lo:
+                return np.clip((out - lo) / (hi - lo), 0.0, 1.0).astype(np.float32)
+        except ImageLoadError:
+            raise
+        except Exception:
+            pass  # broken LUT: fall through to the window or the full range
+    if has_window:
+        try:
+            out = np.asarray(_windowing(arr, ds), dtype=np.float32)
+            return out
+        except Exception:
+            pass
+    return _normalise(np.asarray(arr, dtype=np.float32), 16)
+
+
+def _windowing(arr: np.ndarray, ds) -> np.ndarray:
+    from pydicom.dataset import Dataset
+    from pydicom.pixels import apply_windowing
+
+    # apply_windowing maps onto [y_min, y_max] of the stored bit depth; give it a minimal
+    # unsigned 16-bit context so the output range is known exactly, then scale to [0, 1].
+    ctx = Dataset()
+    ctx.PhotometricInterpretation = "MONOCHROME2"
+    ctx.BitsStored = 16
+    ctx.PixelRepresentation = 0
+    ctx.WindowCenter = ds.WindowCenter
+    ctx.WindowWidth = ds.WindowWidth
+    if "VOILUTFunction" in ds:
+        ctx.VOILUTFunction = ds.VOILUTFunction
+    out = apply_windowing(np.asarray(arr, dtype=np.float64), ctx, index=0)
+    return np.clip(out / 65535.0, 0.0, 1.0)
 
 
 def _text(value: object) -> str | None:
     if value in (None, ""):
         return None
-    return str(value)
+    return str(value).strip() or None

@@ -64,3 +64,40 @@ DISCLAIMER: str = (
     "Decision support, not a diagnosis. Research prototype trained on public data; "
     "results must be interpreted by a qualified clinician together with the full clinical picture."
 )
+
+# --- detection ---
+VINBIG_CLASSES: tuple[str, ...] = (
+    "Aortic enlargement", "Atelectasis", "Calcification", "Cardiomegaly", "Consolidation", "ILD",
+    "Infiltration", "Lung Opacity", "Nodule/Mass", "Other lesion", "Pleural effusion",
+    "Pleural thickening", "Pneumothorax", "Pulmonary fibrosis",
+)  # class_id 0-13 in VinBigData order; class_id 14 ("No finding") has no boxes
+TB_CLASSES: tuple[str, ...] = ("Active tuberculosis", "Obsolete tuberculosis")  # TBX11K, ids 14-15
+DETECTOR_CLASSES: tuple[str, ...] = VINBIG_CLASSES + TB_CLASSES
+DETECTOR_WEIGHTS: Path = WEIGHTS_DIR / "detector.pt"
+DETECTOR_CARD: Path = WEIGHTS_DIR / "detector.json"
+DETECTOR_DATA_DIR: Path = CACHE_DIR / "detection" / "yolo"  # prepared YOLO dataset (never committed)
+DETECTOR_IMGSZ: int = 320  # training/inference size; chosen by measurement (see docs/detector.md)
+DETECTOR_CONF: float = 0.25  # default display threshold for detect()
+DETECTOR_WBF_IOU: float = 0.6  # IoU for fusing radiologists' boxes (weighted boxes fusion)
+DETECTOR_MIN_SUPPORT: int = 10  # test boxes a class needs before its AP counts as validated
+
+# --- lung segmentation ---
+LUNGSEG_SIZE: int = 256  # letterboxed input side, same geometry as the lungseg training data
+LUNGSEG_WEIGHTS: Path = WEIGHTS_DIR / "lungseg.pt"
+LUNGSEG_ENCODER: str = "mobilenet_v2"
+LUNGSEG_DECODER_CHANNELS: tuple[int, ...] = (128, 64, 32, 16, 16)
+# Two output heads, one per mask convention of the training data (see docs/lungs.md):
+# "field" = visible lung field, heart excluded (GeneralBlockchain); "full" = lung outline
+# including the retrocardiac region (V7 Darwin). `segment` uses LUNGSEG_HEAD by default.
+LUNGSEG_HEADS: tuple[str, ...] = ("field", "full")
+LUNGSEG_HEAD: str = "full"
+LUNGSEG_THRESHOLD: float = 0.5
+LUNG_BOX_MARGIN: float = 0.05  # chest box margin, fraction of the box side
+LUNG_MIN_COMPONENT_FRACTION: float = 0.005  # specks below this fraction of the image are dropped
+LUNG_MIN_FIELD_FRACTION: float = 0.02  # one lung field must cover at least this much of the image
+LUNG_TOTAL_FRACTION_RANGE: tuple[float, float] = (0.06, 0.75)  # plausible lung / image area
+
+# --- image quality gate --------------------------------------------------------
+# Calibrated on the cxr3 train split by `python -m cxr_core.quality calibrate` (docs/quality.md);
+# cxr_core.quality falls back to built-in conservative values when the file is missing.
+QUALITY_THRESHOLDS: Path = WEIGHTS_DIR / "quality_thresholds.json"

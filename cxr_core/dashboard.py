@@ -1,0 +1,899 @@
+"""Pure helpers behind the Streamlit pages: model cards -> tables and plotly figures, plus the
+small image operations of the viewer (window/level, zoom, layer blending).
+
+Nothing here imports streamlit, so every number the app shows can be checked from a notebook or
+a test. All figures come from the JSON files in ``settings.WEIGHTS_DIR``; no metric is written in
+code. A model without a card is "not trained yet", never a row of made-up numbers.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any, Iterable, Mapping
+
+import numpy as np
+import pandas as pd
+import plotly.graph_objects as go
+from plotly.subplots import make_subplots
+
+from cxr_core import settings
+
+NOT_TRAINED = "not trained yet"
+PAPER = "Paper-reported"
+MEASURED = "Measured here"
+
+# Muted, colour-blind-friendly palette (Okabe-Ito), one colour per classifier / class.
+MODEL_COLOURS: dict[str, str] = {
+    "vbreathnet": "#0072B2",
+    "densenet121": "#E69F00",
+    "mobilenet_v2": "#009E73",
+    "vgg16": "#CC79A7",
+}
+CLASS_COLOURS: dict[str, str] = {
+    "covid": "#D55E00",
+    "normal": "#009E73",
+    "viral_pneumonia": "#0072B2",
+}
+_LAYOUT = dict(
+    template="plotly_white",
+    font=dict(family="Source Sans Pro, Helvetica, Arial, sans-serif", size=13, color="#1c2b36"),
+    margin=dict(l=10, r=10, t=50, b=10),
+)
+
+
+# --- reading JSON files -------------------------------------------------------------------
+
+
+def weights_dir() -> Path:
+    """Read at call time so tests (and users) can point settings.WEIGHTS_DIR elsewhere."""
+    return Path(settings.WEIGHTS_DIR)
+
+
+def read_json(path: Path) -> dict[str, Any] | None:
+    """A JSON object from disk, or None when missing or unreadable (the page then says so)."""
+    try:
+        data = json.loads(Path(path).read_text())
+    except (OSError, ValueError):
+        return None
+    return data if isinstance(data, dict) else None
+
+
+def load_cards(names: Iterable[str] = settings.CLASSIFIERS) -> dict[str, dict[str, Any] | None]:
+    """Model card per classifier name (None = not trained yet), in settings order."""
+    return {n: read_json(weights_dir() / f"{n}.json") for n in names}
+
+
+def has_weights(name: str) -> bool:
+    return (weights_dir() / f"{name}.pt").is_file()
+
+
+def display_name(name: str, card: Mapping[str, Any] | None = None) -> str:
+    if card and card.get("display_name"):
+        return str(card["display_name"])
+    try:
+        from cxr_core.models import SPECS
+
+        return SPECS[name].display_name
+    except Exception:  # registry unavailable (e.g. torch missing): fall back to the raw name
+        return name
+
+
+def class_label(cls: str) -> str:
+    return settings.CLASS_LABELS.get(cls, cls)
+
+
+def _get(d: Any, *keys: str, default: Any = None) -> Any:
+    for k in keys:
+        if not isinstance(d, Mapping) or k not in d:
+            return default
+        d = d[k]
+    return d
+
+
+def _num(x: Any) -> float:
+    try:
+        v = float(x)
+    except (TypeError, ValueError):
+        return math.nan
+    return v if math.isfinite(v) else math.nan
+
+
+def split_metrics(card: Mapping[str, Any] | None, split: str = "test") -> dict[str, Any]:
+    m = _get(card, "metrics", split, default={})
+    return m if isinstance(m, dict) else {}
+
+
+def is_faithful(card: Mapping[str, Any] | None) -> bool:
+    return bool(card) and bool(card.get("faithful_to_paper", False)) and not card.get("deviations")
+
+
+def faithfulness_note(card: Mapping[str, Any] | None) -> str:
+    if not card:
+        return NOT_TRAINED
+    if is_faithful(card):
+        return "faithful to the paper"
+    devs = [str(d) for d in card.get("deviations") or []]
+    return "NOT faithful to the paper" + (": " + "; ".join(devs) if devs else "")
+
+
+# --- model comparison -----------------------------------------------------------------------------
+
+COMPARISON_COLUMNS: tuple[str, ...] = (
+    "Model",
+    "Status",
+    "Faithful to paper",
+    f"{MEASURED}: params total",
+    f"{MEASURED}: params trainable",
+    f"{MEASURED}: test accuracy",
+    f"{MEASURED}: test macro-F1",
+    f"{MEASURED}: test ECE",
+    f"{MEASURED}: training time (min)",
+    f"{MEASURED}: latency (ms / image)",
+    f"{PAPER}: params total",
+    f"{PAPER}: test accuracy",
+)
+
+
+def comparison_table(cards: Mapping[str, Mapping[str, Any] | None], split: str = "test") -> pd.DataFrame:
+    """One row per classifier; measured figures and the paper's figures in separate columns."""
+    rows = []
+    for name, card in cards.items():
+        m = split_metrics(card, split)
+        seconds = _num(_get(card, "training", "seconds"))
+        latency = _get(card, "latency_ms")
+        if latency is None:
+            latency = m.get("mean_latency_ms")
+        rows.append(
+            {
+                "Model": display_name(name, card),
+                "Status": "trained" if card else NOT_TRAINED,
+                "Faithful to paper": ("yes" if is_faithful(card) else "no (see deviations)") if card else "",
+                f"{MEASURED}: params total": _num(_get(card, "params", "total")),
+                f"{MEASURED}: params trainable": _num(_get(card, "params", "trainable")),
+                f"{MEASURED}: test accuracy": _num(m.get("accuracy")),
+                f"{MEASURED}: test macro-F1": _num(m.get("macro_f1")),
+                f"{MEASURED}: test ECE": _num(m.get("ece")),
+                f"{MEASURED}: training time (min)": seconds / 60.0 if not math.isnan(seconds) else math.nan,
+                f"{MEASURED}: latency (ms / image)": _num(latency),
+                f"{PAPER}: params total": _num(_get(card, "paper", "params_total")),
+                f"{PAPER}: test accuracy": _num(_get(card, "paper", "test_accuracy")),
+            }
+        )
+    df = pd.DataFrame(rows, columns=list(COMPARISON_COLUMNS))
+    if split != "test":
+        df.columns = [c.replace("test ", f"{split} ") if c.startswith(MEASURED) else c for c in df.columns]
+    return df
+
+
+def deviations(cards: Mapping[str, Mapping[str, Any] | None]) -> dict[str, list[str]]:
+    """Display name -> deviations from the paper, for models whose card says they are not faithful."""
+    out: dict[str, list[str]] = {}
+    for name, card in cards.items():
+        if card and not is_faithful(card):
+            out[display_name(name, card)] = [str(d) for d in card.get("deviations") or []] or [
+                "card marks this model as not faithful to the paper"
+            ]
+    return out
+
+
+def trained(cards: Mapping[str, Mapping[str, Any] | None]) -> dict[str, Mapping[str, Any]]:
+    return {n: c for n, c in cards.items() if c}
+
+
+def per_class_figure(cards: Mapping[str, Mapping[str, Any] | None], split: str = "test") -> go.Figure:
+    """Grouped bars: precision / recall / F1 per class, one colour per model."""
+    metrics = ("precision", "recall", "f1")
+    fig = make_subplots(rows=1, cols=3, subplot_titles=[m.capitalize() if m != "f1" else "F1" for m in metrics],
+                        shared_yaxes=True)
+    for name, card in trained(cards).items():
+        pc = split_metrics(card, split).get("per_class") or {}
+        for j, metric in enumerate(metrics, start=1):
+            fig.add_trace(
+                go.Bar(
+                    x=[class_label(c) for c in settings.CLASSES],
+                    y=[_num(_get(pc, c, metric)) for c in settings.CLASSES],
+                    name=display_name(name, card),
+                    legendgroup=name,
+                    showlegend=j == 1,
+                    marker_color=MODEL_COLOURS.get(name),
+                    hovertemplate="%{x}: %{y:.3f}<extra>" + display_name(name, card) + "</extra>",
+                ),
+                row=1,
+                col=j,
+            )
+    fig.update_yaxes(range=[0, 1.02])
+    fig.update_layout(barmode="group", height=360, title=f"Per-class metrics ({split} split)", **_LAYOUT)
+    return fig
+
+
+def confusion_figure(card: Mapping[str, Any], split: str = "test", name: str = "") -> go.Figure:
+    """Confusion-matrix heatmap (rows true, columns predicted) with counts and row percentages."""
+    cm = np.asarray(split_metrics(card, split).get("confusion_matrix") or [], dtype=float)
+    labels = [class_label(c) for c in settings.CLASSES]
+    if cm.shape != (len(labels), len(labels)):
+        cm = np.full((len(labels), len(labels)), np.nan)
+    rows = cm.sum(axis=1, keepdims=True)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        frac = np.where(rows > 0, cm / rows, np.nan)
+    text = [[("" if np.isnan(cm[i, j]) else f"{int(cm[i, j])}<br>{frac[i, j]:.0%}") for j in range(len(labels))]
+            for i in range(len(labels))]
+    fig = go.Figure(
+        go.Heatmap(
+            z=frac, x=labels, y=labels, text=text, texttemplate="%{text}", colorscale="Blues",
+            zmin=0, zmax=1, showscale=False,
+            hovertemplate="true %{y}<br>predicted %{x}<br>%{text}<extra></extra>",
+        )
+    )
+    fig.update_yaxes(autorange="reversed", title="true class")
+    fig.update_xaxes(title="predicted class", side="bottom")
+    fig.update_layout(height=320, title=display_name(name, card) if name or card else "", **_LAYOUT)
+    return fig
+
+
+def roc_figure(cards: Mapping[str, Mapping[str, Any] | None], split: str = "test") -> go.Figure:
+    """One-vs-rest ROC curves, one panel per class, one line per model (AUC in the legend)."""
+    fig = make_subplots(rows=1, cols=len(settings.CLASSES),
+                        subplot_titles=[class_label(c) for c in settings.CLASSES], shared_yaxes=True)
+    for name, card in trained(cards).items():
+        m = split_metrics(card, split)
+        for j, cls in enumerate(settings.CLASSES, start=1):
+            curve = _get(m, "roc_curve", cls, default={}) or {}
+            auc = _num(_get(m, "roc_auc", cls))
+            if not curve.get("fpr"):
+                continue
+            fig.add_trace(
+                go.Scatter(
+                    x=curve["fpr"], y=curve["tpr"], mode="lines",
+                    name=f"{display_name(name, card)} (AUC {auc:.3f})" if not math.isnan(auc) else display_name(name, card),
+                    line=dict(color=MODEL_COLOURS.get(name), width=2),
+                    legendgroup=f"{name}{cls}",
+                ),
+                row=1, col=j,
+            )
+    for j in range(1, len(settings.CLASSES) + 1):
+        fig.add_trace(go.Scatter(x=[0, 1], y=[0, 1], mode="lines", line=dict(dash="dot", color="#9aa5ad"),
+                                 showlegend=False, hoverinfo="skip"), row=1, col=j)
+    fig.update_xaxes(title="false-positive rate", range=[0, 1])
+    fig.update_yaxes(title="true-positive rate", range=[0, 1.02], col=1)
+    fig.update_layout(height=380, title=f"ROC curves, one class vs rest ({split} split)", **_LAYOUT)
+    return fig
+
+
+def training_curves_figure(cards: Mapping[str, Mapping[str, Any] | None]) -> go.Figure:
+    """Loss and accuracy per epoch; solid = train, dashed = validation."""
+    fig = make_subplots(rows=1, cols=2, subplot_titles=["Loss", "Accuracy"])
+    for name, card in trained(cards).items():
+        hist = _get(card, "training", "history", default=[]) or []
+        if not hist:
+            continue
+        ep = [h.get("epoch") for h in hist]
+        dn = display_name(name, card)
+        colour = MODEL_COLOURS.get(name)
+        for col, key in ((1, "loss"), (2, "acc")):
+            for prefix, dash in (("train", "solid"), ("val", "dash")):
+                fig.add_trace(
+                    go.Scatter(
+                        x=ep, y=[h.get(f"{prefix}_{key}") for h in hist], mode="lines",
+                        name=f"{dn} {prefix}", legendgroup=f"{name}{prefix}", showlegend=col == 1,
+                        line=dict(color=colour, dash=dash),
+                    ),
+                    row=1, col=col,
+                )
+    fig.update_xaxes(title="epoch")
+    fig.update_layout(height=360, title="Training curves (solid: train, dashed: validation)", **_LAYOUT)
+    return fig
+
+
+def tradeoff_figure(cards: Mapping[str, Mapping[str, Any] | None], split: str = "test") -> go.Figure:
+    """Accuracy vs parameter count (log x), marker size = latency."""
+    fig = go.Figure()
+    for name, card in trained(cards).items():
+        acc = _num(split_metrics(card, split).get("accuracy"))
+        params = _num(_get(card, "params", "total"))
+        lat = _num(card.get("latency_ms", split_metrics(card, split).get("mean_latency_ms")))
+        if math.isnan(acc) or math.isnan(params):
+            continue
+        size = 14 + (min(lat, 500.0) / 500.0 * 36 if not math.isnan(lat) else 0)
+        dn = display_name(name, card)
+        fig.add_trace(
+            go.Scatter(
+                x=[params], y=[acc], mode="markers+text", text=[dn], textposition="top center",
+                name=dn, marker=dict(size=size, color=MODEL_COLOURS.get(name), line=dict(width=1, color="#333")),
+                hovertemplate=f"{dn}<br>params %{{x:,.0f}}<br>accuracy %{{y:.3f}}<br>latency {lat:.1f} ms<extra></extra>",
+            )
+        )
+    fig.update_xaxes(type="log", title="parameters (total, log scale)")
+    fig.update_yaxes(title=f"{split} accuracy")
+    fig.update_layout(height=380, title="Accuracy vs size (marker size = CPU latency per image)",
+                      showlegend=False, **_LAYOUT)
+    return fig
+
+
+def reliability_figure(card: Mapping[str, Any]) -> go.Figure:
+    """Reliability diagram before and after temperature scaling."""
+    fig = go.Figure()
+    cal = card.get("calibration") or {}
+    for key, label, colour in (("reliability_before", "before calibration", "#9aa5ad"),
+                               ("reliability_after", "after calibration", "#0072B2")):
+        r = cal.get(key) or {}
+        if r.get("confidence"):
+            fig.add_trace(go.Scatter(x=r["confidence"], y=r["accuracy"], mode="lines+markers", name=label,
+                                     line=dict(color=colour)))
+    fig.add_trace(go.Scatter(x=[0, 1], y=[0, 1], mode="lines", line=dict(dash="dot", color="#666"),
+                             name="perfect calibration"))
+    fig.update_xaxes(title="mean confidence", range=[0, 1])
+    fig.update_yaxes(title="accuracy", range=[0, 1.02])
+    fig.update_layout(height=320, title="Reliability (validation split)", **_LAYOUT)
+    return fig
+
+
+GROUP_NOTE = (
+    "In this dataset the classes come from different sources and age groups: COVID-19 images are all adult "
+    "(COVID-19 Radiography Database), viral pneumonia images are all paediatric (Kermany, Guangzhou), and Normal "
+    "is about half of each. Per-group numbers therefore mix class difficulty with source and age, and a model can "
+    "score well by recognising the hospital or the patient's age rather than the disease."
+)
+
+
+def per_group_table(cards: Mapping[str, Mapping[str, Any] | None], split: str = "test") -> pd.DataFrame:
+    """Long table: model, grouping (source / age group), group, n, accuracy and per-class recall.
+
+    A class absent from a group (support 0) shows as missing, not as a recall of 0. Within-group
+    macro-F1 is left out on purpose: it averages in the absent classes and is low by construction.
+    """
+    rows = []
+    for name, card in trained(cards).items():
+        groups = split_metrics(card, split).get("per_group") or {}
+        for grouping, values in groups.items():
+            for value, gm in (values or {}).items():
+                row = {
+                    "Model": display_name(name, card),
+                    "Grouping": str(grouping).replace("_", " "),
+                    "Group": value,
+                    "n": gm.get("n"),
+                    "Accuracy": _num(gm.get("accuracy")),
+                }
+                for cls in settings.CLASSES:
+                    rec = _get(gm, "per_class", cls, "recall")
+                    sup = _get(gm, "per_class", cls, "support")
+                    row[f"Recall {class_label(cls)}"] = math.nan if sup in (0, None) else _num(rec)
+                rows.append(row)
+    cols = ["Model", "Grouping", "Group", "n", "Accuracy"] + [f"Recall {class_label(c)}" for c in settings.CLASSES]
+    return pd.DataFrame(rows, columns=cols)
+
+
+# --- detector / data ------------------------------------------------------------------------------
+
+DETECTOR_FILES = ("detector.json", "detector_metrics.json", "detector_figures.json")
+
+
+def load_detector_files() -> dict[str, dict[str, Any] | None]:
+    """{'card': ..., 'metrics': ..., 'figures': ...}; each None when the file is missing."""
+    d = weights_dir()
+    return {
+        "card": read_json(d / "detector.json"),
+        "metrics": read_json(d / "detector_metrics.json"),
+        "figures": read_json(d / "detector_figures.json"),
+    }
+
+
+def detector_n_images(card: Mapping[str, Any] | None, figures: Mapping[str, Any] | None = None) -> int | None:
+    """How many images the detector was trained on, from its card (None when unknown).
+
+    `figures` is accepted for symmetry but deliberately not used: its counts describe the whole
+    annotation table, not the images the detector actually saw.
+    """
+    if not isinstance(card, Mapping):
+        return None
+    train = _get(card, "data", "per_split", "train", "images")
+    if isinstance(train, (int, float)) and not isinstance(train, bool):
+        return int(train)
+    parts = [_get(card, "data", k, "train") for k in ("vinbigdata_images_per_split", "tbx11k_images_per_split")]
+    if any(isinstance(p, (int, float)) for p in parts):
+        return int(sum(p for p in parts if isinstance(p, (int, float))))
+    for key in ("n_train_images", "n_images_train", "train_images", "n_images"):
+        v = card.get(key)
+        if isinstance(v, (int, float)) and not isinstance(v, bool):
+            return int(v)
+    return None
+
+
+def detector_label(card: Mapping[str, Any] | None, figures: Mapping[str, Any] | None = None) -> str:
+    n = detector_n_images(card, figures)
+    return f"research preview — trained on {n:,} images" if n is not None else "research preview"
+
+
+def detector_data_counts(card: Mapping[str, Any] | None) -> dict[str, dict[str, int]]:
+    """{'VinBigData': {split: images}, 'TBX11K': {split: images}} from the detector card, when present."""
+    out: dict[str, dict[str, int]] = {}
+    for key, label in (("vinbigdata_images_per_split", "VinBigData"), ("tbx11k_images_per_split", "TBX11K")):
+        v = _get(card, "data", key)
+        if isinstance(v, Mapping) and v:
+            out[label] = {str(k): int(n) for k, n in v.items() if isinstance(n, (int, float))}
+    return out
+
+
+def detector_limits(card: Mapping[str, Any] | None) -> list[str]:
+    if not isinstance(card, Mapping):
+        return []
+    return [str(x) for x in (card.get("limitations") or card.get("known_limits") or [])]
+
+
+def _find(d: Mapping[str, Any] | None, *keys: str) -> Any:
+    if not isinstance(d, Mapping):
+        return None
+    for k in keys:
+        if k in d and d[k] not in (None, {}, []):
+            return d[k]
+    return None
+
+
+def _columns(obj: Any, label_key: str = "class") -> pd.DataFrame:
+    """A table from a columnar dict ({"class": [...], "boxes": [...]}), a {label: n} / {label: {..}} dict
+    or a list of row dicts. Scalar entries of a columnar dict (notes, totals) are ignored."""
+    if isinstance(obj, Mapping) and isinstance(obj.get(label_key), list):
+        n = len(obj[label_key])
+        cols = {k: v for k, v in obj.items() if isinstance(v, list) and len(v) == n}
+        return pd.DataFrame(cols)
+    if isinstance(obj, list):
+        df = pd.DataFrame([r for r in obj if isinstance(r, Mapping)])
+        for alt in ("name", "label"):
+            if label_key not in df.columns and alt in df.columns:
+                df = df.rename(columns={alt: label_key})
+        return df
+    if isinstance(obj, Mapping):
+        rows = []
+        for k, v in obj.items():
+            rows.append({label_key: str(k), **(dict(v) if isinstance(v, Mapping) else {"count": v})})
+        return pd.DataFrame(rows)
+    return pd.DataFrame()
+
+
+def label_distribution_table(figures: Mapping[str, Any]) -> pd.DataFrame:
+    """class, boxes, images, dataset: VinBigData classes plus the TBX11K classes when present."""
+    parts = []
+    vb = _columns(_find(figures, "label_distribution", "labels", "class_counts"))
+    if not vb.empty:
+        parts.append(vb.assign(dataset="VinBigData (all annotations)"))
+    tb = _columns(_find(figures, "tbx11k"))
+    if not tb.empty:
+        parts.append(tb.assign(dataset="TBX11K"))
+    if not parts:
+        return pd.DataFrame(columns=["class", "boxes", "images", "dataset"])
+    df = pd.concat(parts, ignore_index=True)
+    for col in ("boxes", "images"):
+        if col not in df.columns:
+            df[col] = df["count"] if "count" in df.columns else math.nan
+    return df[["class", "boxes", "images", "dataset"]]
+
+
+def label_distribution_figure(figures: Mapping[str, Any]) -> go.Figure | None:
+    """Boxes and images per class (horizontal bars, two panels)."""
+    df = label_distribution_table(figures)
+    if df.empty:
+        return None
+    fig = make_subplots(rows=1, cols=2, shared_yaxes=True, subplot_titles=["boxes (all radiologists)", "images"])
+    colours = {"VinBigData (all annotations)": "#1f5f8b", "TBX11K": "#D55E00"}
+    for ds, sub in df.groupby("dataset", sort=False):
+        for col, key in ((1, "boxes"), (2, "images")):
+            fig.add_trace(go.Bar(y=sub["class"], x=sub[key], orientation="h", name=str(ds),
+                                 marker_color=colours.get(str(ds), "#9aa5ad"), legendgroup=str(ds),
+                                 showlegend=col == 1), row=1, col=col)
+    fig.update_yaxes(autorange="reversed")
+    fig.update_layout(height=max(360, 24 * len(df)), title="Label distribution",
+                      legend=dict(orientation="h", y=-0.08), **_LAYOUT)
+    return fig
+
+
+def box_area_figure(figures: Mapping[str, Any]) -> go.Figure | None:
+    """Relative box area per class as box plots built from stored quantiles (5/25/50/75/95 %)."""
+    fig = go.Figure()
+
+    def add(name: str, qv: Any, colour: str) -> None:
+        if not isinstance(qv, (list, tuple)) or len(qv) < 5 or any(v is None for v in qv[:5]):
+            return
+        q05, q25, q50, q75, q95 = (max(float(v), 1e-6) for v in qv[:5])
+        fig.add_trace(go.Box(name=name, q1=[q25], median=[q50], q3=[q75], lowerfence=[q05], upperfence=[q95],
+                             marker_color=colour, line_color=colour, showlegend=False))
+
+    area = _find(figures, "box_area", "box_area_quantiles") or {}
+    per = area.get("per_class", area) if isinstance(area, Mapping) else {}
+    for cls, q in (per.items() if isinstance(per, Mapping) else []):
+        if isinstance(q, Mapping):
+            qv = q.get("quantile_values")
+            if qv is None:
+                qv = [q.get(k) for k in ("q05", "q25", "q50", "q75", "q95")]
+            add(str(cls), qv, "#1f5f8b")
+        elif isinstance(q, list):
+            add(str(cls), q, "#1f5f8b")
+    tb = _columns(_find(figures, "tbx11k"))
+    if not tb.empty and "area_quantile_values" in tb.columns:
+        for _, row in tb.iterrows():
+            add(str(row["class"]), row["area_quantile_values"], "#D55E00")
+    if not fig.data:
+        return None
+    fig.update_yaxes(type="log", title="box area / image area (log scale)")
+    fig.update_layout(height=440, title="Box size per class (box: 25-75 %, whiskers: 5-95 %)", **_LAYOUT)
+    return fig
+
+
+def predicted_vs_actual_figure(figures: Mapping[str, Any]) -> go.Figure | None:
+    """Per class: radiologists' boxes vs detector boxes on the held-out split."""
+    obj = _find(figures, "predicted_vs_actual", "pred_vs_actual")
+    df = _columns(obj)
+    if df.empty:
+        return None
+    a_col = next((c for c in ("actual_boxes", "actual") if c in df.columns), None)
+    p_col = next((c for c in ("predicted_boxes", "predicted") if c in df.columns), None)
+    if a_col is None or p_col is None:
+        return None
+    fig = go.Figure()
+    fig.add_trace(go.Bar(y=df["class"], x=df[a_col], orientation="h", name="radiologists (actual)",
+                         marker_color="#9aa5ad"))
+    fig.add_trace(go.Bar(y=df["class"], x=df[p_col], orientation="h", name="detector (predicted)",
+                         marker_color="#1f5f8b"))
+    split = obj.get("split", "test") if isinstance(obj, Mapping) else "test"
+    extra = ""
+    if isinstance(obj, Mapping) and obj.get("n_images") is not None:
+        extra = f", {obj['n_images']} images"
+        if obj.get("threshold") is not None:
+            extra += f", threshold {float(obj['threshold']):.2f}"
+    fig.update_yaxes(autorange="reversed")
+    fig.update_layout(barmode="group", height=max(360, 24 * len(df)),
+                      title="Boxes per class: detector vs radiologists", xaxis_title=f"boxes ({split} split{extra})",
+                      legend=dict(orientation="h", y=-0.08), **_LAYOUT)
+    return fig
+
+
+def boxes_per_image_figure(figures: Mapping[str, Any]) -> go.Figure | None:
+    obj = _find(figures, "boxes_per_image")
+    if isinstance(obj, Mapping) and isinstance(obj.get("n_boxes"), list):
+        x, y = obj["n_boxes"], obj.get("n_images", [])
+    else:
+        s = _columns(obj)
+        if s.empty or "count" not in s.columns:
+            return None
+        x, y = list(s["class"]), list(s["count"])
+    if not x:
+        return None
+    fig = go.Figure(go.Bar(x=x, y=y, marker_color="#1f5f8b"))
+    unit = obj.get("unit", "boxes on the image") if isinstance(obj, Mapping) else "boxes on the image"
+    fig.update_yaxes(type="log", title="images (log scale)")
+    fig.update_layout(height=320, title="Boxes per image", xaxis_title=unit, **_LAYOUT)
+    return fig
+
+
+def agreement_table(figures: Mapping[str, Any]) -> pd.DataFrame:
+    df = _columns(_find(figures, "radiologist_agreement"))
+    return df.rename(columns={
+        "class": "Class", "mean_pairwise_iou": "Mean IoU between readers", "median_pairwise_iou": "Median IoU",
+        "n_reader_pairs": "Reader pairs", "frac_images_marked_by_2plus": "Share marked by 2+ readers",
+        "frac_images_marked_by_all": "Share marked by all readers",
+    })
+
+
+def per_class_ap_table(metrics: Mapping[str, Any]) -> pd.DataFrame:
+    """Class, dataset, AP@0.4, AP@0.5, test boxes, and whether the class has enough test boxes."""
+    per = metrics.get("per_class") or metrics.get("per_class_test") or []
+    df = _columns(per)
+    rows = []
+    for _, m in df.iterrows():
+        m = m.to_dict()
+        support = m.get("support_boxes", m.get("support", m.get("n_boxes")))
+        support = None if support is None or (isinstance(support, float) and math.isnan(support)) else int(support)
+        validated = m.get("validated")
+        if validated is None or (isinstance(validated, float) and math.isnan(validated)):
+            validated = support is not None and support >= settings.DETECTOR_MIN_SUPPORT
+        rows.append({
+            "Class": str(m.get("class")),
+            "Data": {"tbx11k": "TBX11K", "vinbigdata": "VinBigData"}.get(str(m.get("dataset")), m.get("dataset") or ""),
+            "AP@0.4": _num(m.get("ap40", m.get("ap"))),
+            "AP@0.5": _num(m.get("ap50")),
+            "Test boxes": support,
+            "Validated": "yes" if bool(validated) else "no (too few test boxes)",
+        })
+    return pd.DataFrame(rows, columns=["Class", "Data", "AP@0.4", "AP@0.5", "Test boxes", "Validated"])
+
+
+def per_class_ap_figure(metrics: Mapping[str, Any]) -> go.Figure | None:
+    df = per_class_ap_table(metrics)
+    if df.empty:
+        return None
+    colours = ["#1f5f8b" if v == "yes" else "#b8c4cc" for v in df["Validated"]]
+    fig = go.Figure(go.Bar(y=df["Class"], x=df["AP@0.4"].fillna(0), orientation="h", marker_color=colours,
+                           text=[f"{v:.2f}" if not math.isnan(v) else "no test boxes" for v in df["AP@0.4"]],
+                           textposition="outside", cliponaxis=False,
+                           customdata=df["Test boxes"],
+                           hovertemplate="%{y}: AP@0.4 %{x:.3f}<br>test boxes %{customdata}<extra></extra>"))
+    fig.update_yaxes(autorange="reversed")
+    fig.update_xaxes(range=[0, 1.15], title="AP at IoU 0.4")
+    fig.update_layout(height=max(340, 24 * len(df)),
+                      title="Per-class AP on the test split (grey: too few test boxes to be validated)", **_LAYOUT)
+    return fig
+
+
+def headline_detector_metrics(metrics: Mapping[str, Any] | None) -> dict[str, float]:
+    out = {}
+    for key, label in (("map40", "mAP@0.4"), ("map50", "mAP@0.5"), ("tb_ap40", "TB AP@0.4")):
+        v = _num(_get(metrics, key))
+        if not math.isnan(v):
+            out[label] = v
+    return out
+
+
+# --- diagnosis page helpers -------------------------------------------------------------------------
+
+
+def format_probability(p: float) -> str:
+    """Percent for display that never claims certainty: '>99%' / '<1%' at the extremes."""
+    p = float(p)
+    if p >= 0.995:
+        return ">99%"
+    if p < 0.005:
+        return "<1%"
+    return f"{p:.0%}"
+
+
+def probability_figure(probabilities: Mapping[str, float], predicted: str | None = None,
+                       abstained: bool = False) -> go.Figure:
+    """Horizontal bars of the calibrated class probabilities (predicted class highlighted)."""
+    classes = [c for c in settings.CLASSES if c in probabilities] or list(probabilities)
+    vals = [float(probabilities[c]) for c in classes]
+    colours = [
+        ("#1f5f8b" if (c == predicted and not abstained) else "#b8c4cc") for c in classes
+    ]
+    fig = go.Figure(go.Bar(
+        x=vals, y=[class_label(c) for c in classes], orientation="h", marker_color=colours,
+        text=[format_probability(v) for v in vals], textposition="outside", cliponaxis=False,
+        hovertemplate="%{y}: %{x:.1%}<extra></extra>",
+    ))
+    fig.update_xaxes(range=[0, 1.12], tickformat=".0%", title="calibrated probability")
+    fig.update_yaxes(autorange="reversed")
+    fig.update_layout(height=200, showlegend=False, template="plotly_white",
+                      margin=dict(l=10, r=20, t=10, b=10), font=_LAYOUT["font"])
+    return fig
+
+
+def window_level(pixels: np.ndarray, brightness: float = 0.0, contrast: float = 1.0) -> np.ndarray:
+    """Display window: level shifted by `brightness` (-0.5..0.5), width divided by `contrast` (>0).
+
+    pixels: float [0, 1] (H, W). Returns uint8 (H, W). brightness 0 / contrast 1 is the identity.
+    """
+    p = np.asarray(pixels, dtype=np.float32)
+    centre = 0.5 - float(brightness)
+    width = 1.0 / max(float(contrast), 1e-3)
+    lo = centre - width / 2.0
+    out = (p - lo) / width
+    return np.clip(np.rint(out * 255.0), 0, 255).astype(np.uint8)
+
+
+def to_rgb(gray: np.ndarray) -> np.ndarray:
+    g = np.asarray(gray)
+    if g.ndim == 3:
+        return g[..., :3].astype(np.uint8)
+    if g.dtype != np.uint8:
+        g = np.clip(np.rint(g * 255.0), 0, 255).astype(np.uint8)
+    return np.repeat(g[..., None], 3, axis=2)
+
+
+def _resize(arr: np.ndarray, shape: tuple[int, int], nearest: bool = False) -> np.ndarray:
+    if arr.shape[:2] == tuple(shape):
+        return arr
+    import cv2
+
+    interp = cv2.INTER_NEAREST if nearest else cv2.INTER_LINEAR
+    return cv2.resize(arr, (shape[1], shape[0]), interpolation=interp)
+
+
+def blend_heatmap(rgb: np.ndarray, heat: np.ndarray, alpha: float = 0.4, colormap: str = "jet") -> np.ndarray:
+    """Colour-mapped heatmap over an RGB uint8 image; weak activations fade out instead of tinting."""
+    import cv2
+
+    h = np.clip(np.nan_to_num(np.asarray(heat, dtype=np.float32)), 0.0, 1.0)
+    h = _resize(h, rgb.shape[:2])
+    cmap = {"jet": cv2.COLORMAP_JET, "inferno": cv2.COLORMAP_INFERNO, "turbo": cv2.COLORMAP_TURBO,
+            "viridis": cv2.COLORMAP_VIRIDIS}.get(colormap, cv2.COLORMAP_JET)
+    coloured = cv2.cvtColor(cv2.applyColorMap(np.rint(h * 255).astype(np.uint8), cmap), cv2.COLOR_BGR2RGB)
+    a = (float(alpha) * np.clip(h * 1.5, 0.0, 1.0))[..., None]  # low activation -> nearly transparent
+    out = rgb.astype(np.float32) * (1 - a) + coloured.astype(np.float32) * a
+    return np.clip(np.rint(out), 0, 255).astype(np.uint8)
+
+
+def draw_outline(rgb: np.ndarray, mask: np.ndarray, colour: tuple[int, int, int] = (0, 200, 255),
+                 thickness: int | None = None) -> np.ndarray:
+    """Draw the contour of a boolean mask (resized to the image) onto a copy of an RGB image."""
+    import cv2
+
+    m = _resize(np.asarray(mask, dtype=np.uint8), rgb.shape[:2], nearest=True)
+    contours, _ = cv2.findContours(m, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
+    out = np.ascontiguousarray(rgb.copy())
+    t = thickness or max(1, round(max(rgb.shape[:2]) / 400))
+    cv2.drawContours(out, contours, -1, colour, t, lineType=cv2.LINE_AA)
+    return out
+
+
+def draw_boxes_fallback(rgb: np.ndarray, boxes: Iterable[Any],
+                        scale: tuple[float, float] | None = None) -> np.ndarray:
+    """Boxes with labels; unvalidated classes drawn in amber and marked "(not validated)".
+
+    Boxes are in original-image pixels; `scale` = (rgb_w / original_w, rgb_h / original_h).
+    """
+    import cv2
+
+    out = np.ascontiguousarray(rgb.copy())
+    sx, sy = scale or (1.0, 1.0)
+    t = max(1, round(max(rgb.shape[:2]) / 350))
+    fs = max(0.4, max(rgb.shape[:2]) / 1400)
+    for b in boxes:
+        validated = bool(getattr(b, "validated", False))
+        colour = (220, 50, 50) if validated else (255, 176, 0)
+        p0 = (int(round(b.x0 * sx)), int(round(b.y0 * sy)))
+        p1 = (int(round(b.x1 * sx)), int(round(b.y1 * sy)))
+        cv2.rectangle(out, p0, p1, colour, t, lineType=cv2.LINE_AA)
+        text = f"{b.label} {b.confidence:.2f}" + ("" if validated else " (not validated)")
+        (tw, th), _ = cv2.getTextSize(text, cv2.FONT_HERSHEY_SIMPLEX, fs, 1)
+        y = max(th + 4, p0[1])
+        cv2.rectangle(out, (p0[0], y - th - 4), (p0[0] + tw + 4, y), colour, -1)
+        cv2.putText(out, text, (p0[0] + 2, y - 3), cv2.FONT_HERSHEY_SIMPLEX, fs, (0, 0, 0), 1, cv2.LINE_AA)
+    return out
+
+
+def box_scale(image: Any) -> tuple[float, float]:
+    """(displayed / original) pixel ratio for drawing detector boxes (given in original pixels)."""
+    ow, oh = getattr(getattr(image, "meta", None), "original_size", (image.width, image.height))
+    return image.width / max(ow, 1), image.height / max(oh, 1)
+
+
+def zoom(rgb: np.ndarray, factor: float = 1.0, cx: float = 0.5, cy: float = 0.5) -> np.ndarray:
+    """Crop a window of 1/factor of the image around the relative centre (cx, cy), kept inside the image."""
+    factor = max(1.0, float(factor))
+    if factor == 1.0:
+        return rgb
+    h, w = rgb.shape[:2]
+    ch, cw = max(8, int(round(h / factor))), max(8, int(round(w / factor)))
+    y0 = int(round(cy * h - ch / 2))
+    x0 = int(round(cx * w - cw / 2))
+    y0 = min(max(0, y0), h - ch)
+    x0 = min(max(0, x0), w - cw)
+    crop = rgb[y0:y0 + ch, x0:x0 + cw]
+    return _resize(crop, (h, w))
+
+
+def filter_boxes(boxes: Iterable[Any], conf: float = 0.0, classes: Iterable[str] | None = None) -> list[Any]:
+    keep = set(classes) if classes is not None else None
+    return [b for b in boxes if float(b.confidence) >= conf and (keep is None or b.label in keep)]
+
+
+def boxes_table(boxes: Iterable[Any]) -> pd.DataFrame:
+    rows = [{
+        "Finding": b.label,
+        "Confidence": round(float(b.confidence), 3),
+        "Validated": "yes" if getattr(b, "validated", False) else "not validated",
+        "Box (x0, y0, x1, y1)": f"{b.x0:.0f}, {b.y0:.0f}, {b.x1:.0f}, {b.y1:.0f}",
+    } for b in boxes]
+    return pd.DataFrame(rows, columns=["Finding", "Confidence", "Validated", "Box (x0, y0, x1, y1)"])
+
+
+def clinical_metadata(meta: Any, include_identifiers: bool = False) -> dict[str, str]:
+    """The parts of ImageMeta a clinician cares about, formatted; identifiers only on request."""
+    out: dict[str, str] = {}
+    fmt = getattr(meta, "format", None)
+    if fmt:
+        out["Format"] = str(fmt)
+    if getattr(meta, "modality", None):
+        out["Modality"] = str(meta.modality)
+    out["View"] = str(getattr(meta, "view_position", None) or "not stated")
+    size = getattr(meta, "original_size", None)
+    if size:
+        out["Size (w x h)"] = f"{size[0]} x {size[1]} px"
+    spacing = getattr(meta, "pixel_spacing", None)
+    if spacing:
+        out["Pixel spacing"] = f"{spacing[0]:.3f} x {spacing[1]:.3f} mm"
+    if getattr(meta, "bit_depth", None):
+        out["Bit depth"] = f"{meta.bit_depth}-bit"
+    if getattr(meta, "photometric", None):
+        out["Photometric"] = str(meta.photometric)
+    if getattr(meta, "downscaled", False):
+        out["Note"] = f"downscaled to {settings.WORKING_SIDE} px (long side) for processing"
+    if include_identifiers:
+        for k, v in (getattr(meta, "identifiers", None) or {}).items():
+            out[k] = str(v)
+    return out
+
+
+def safe_load(data: bytes, filename: str | None, include_identifiers: bool = False) -> tuple[Any, str | None]:
+    """(CXRImage, None) or (None, user-facing message). Never raises; never touches the disk."""
+    try:
+        from cxr_core.io import ImageLoadError, load_image
+    except Exception:  # pragma: no cover - io is part of the skeleton
+        return None, "The image reader is not available in this installation."
+    try:
+        return load_image(bytes(data), filename, include_identifiers=include_identifiers), None
+    except ImageLoadError as exc:
+        return None, str(exc)
+    except Exception:
+        return None, "The file could not be processed because of an unexpected error. Try another file."
+
+
+# --- about page -----------------------------------------------------------------------------------------
+
+
+def readme_section(path: Path, heading_startswith: str) -> str | None:
+    """The markdown under the first '## ' heading that starts with the given text (case-insensitive)."""
+    try:
+        lines = Path(path).read_text(encoding="utf-8").splitlines()
+    except OSError:
+        return None
+    out: list[str] = []
+    inside = False
+    for ln in lines:
+        if ln.startswith("## "):
+            if inside:
+                break
+            inside = ln[3:].strip().lower().startswith(heading_startswith.lower())
+            continue
+        if inside:
+            out.append(ln)
+    text = "\n".join(out).strip()
+    return text or None
+
+
+def card_summary(name: str, card: Mapping[str, Any]) -> pd.DataFrame:
+    """Key facts of a model card as a two-column table."""
+    test = split_metrics(card, "test")
+    data = card.get("data") or {}
+    rows = [
+        ("Input size", f"{card.get('input_size', 'n/a')} px"),
+        ("Family", card.get("family")),
+        ("Initial weights", card.get("pretrained") or "random (trained from scratch)"),
+        ("Faithful to the paper", "yes" if is_faithful(card) else "no"),
+        ("Parameters (total / trainable)", f"{_get(card, 'params', 'total', default='n/a'):,} / "
+         f"{_get(card, 'params', 'trainable', default='n/a'):,}" if isinstance(_get(card, 'params', 'total'), int)
+         else "n/a"),
+        ("Split sizes", ", ".join(f"{k} {v}" for k, v in (data.get("split_sizes") or {}).items()) or "n/a"),
+        ("Test accuracy / macro-F1", f"{_num(test.get('accuracy')):.3f} / {_num(test.get('macro_f1')):.3f}"
+         if test else "n/a"),
+        ("Epochs / training time", f"{_get(card, 'training', 'epochs', default='n/a')} / "
+         f"{_num(_get(card, 'training', 'seconds')) / 60:.1f} min"),
+        ("Calibration temperature", _get(card, "calibration", "temperature", default="n/a")),
+        ("Abstain below", _get(card, "calibration", "abstain_threshold", default="n/a")),
+        ("Trained on", card.get("date")),
+        ("Code version", card.get("code_version")),
+        ("Data manifest (sha256)", str(data.get("manifest_sha256") or "n/a")[:16]),
+    ]
+    return pd.DataFrame([(k, "n/a" if v in (None, "") else str(v)) for k, v in rows], columns=["Field", "Value"])
+
+
+def comparison_styler(df: pd.DataFrame):
+    """pandas Styler for the comparison table: number formats, '—' for missing, paper columns shaded."""
+    fmt: dict[str, str] = {}
+    for c in df.columns:
+        if "params" in c:
+            fmt[c] = "{:,.0f}"
+        elif "(min)" in c or "(ms" in c:
+            fmt[c] = "{:.1f}"
+        elif c.startswith((MEASURED, PAPER)):
+            fmt[c] = "{:.3f}"
+    paper_cols = [c for c in df.columns if c.startswith(PAPER)]
+    styler = df.style.format(fmt, na_rep="—")
+    if paper_cols:
+        styler = styler.set_properties(subset=paper_cols, **{"background-color": "#f6f1e4"})
+    return styler.hide(axis="index")
+
+
+def styled(df: pd.DataFrame, decimals: int = 3, skip: Iterable[str] = ()):
+    """Styler: floats to `decimals`, '—' for missing values, index hidden (for tables shown as-is)."""
+    skip = set(skip)
+    fmt = {c: f"{{:.{decimals}f}}" for c in df.columns
+           if c not in skip and pd.api.types.is_float_dtype(df[c])}
+    return df.style.format(fmt, na_rep="—").hide(axis="index")
+
+
+_MD_SPECIAL = set("\\`*_[]~$|#")  # HTML is already off in st.markdown
+
+
+def md_escape(text: Any) -> str:
+    """Escape Markdown so file names and DICOM values are shown as plain text (no links, no formatting)."""
+    return "".join("\\" + ch if ch in _MD_SPECIAL else ch for ch in str(text))

@@ -1,0 +1,242 @@
+"""Inference: load the trained YOLO detector once, find boxes on a CXRImage, draw them.
+
+The detector is a research preview (see weights/detector.json): it was fine-tuned on 799 TBX11K
+tuberculosis radiographs but on only 10 VinBigData training images, so the 14 VinBigData classes
+are not validated and every Box carries ``validated`` from the model card.
+"""
+
+from __future__ import annotations
+
+import colorsys
+import functools
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterable
+
+import numpy as np
+
+from cxr_core import settings
+from cxr_core.io import CXRImage
+
+_OFFLINE_SETTINGS = {
+    "sync": False,  # no usage analytics / events
+    "clearml": False,
+    "comet": False,
+    "dvc": False,
+    "mlflow": False,
+    "raytune": False,
+    "tensorboard": False,
+    "wandb": False,
+    "hub": False,
+}
+
+
+def local_font() -> str | None:
+    """A TrueType font shipped inside the installed matplotlib wheel (no download)."""
+    try:
+        import matplotlib
+
+        p = Path(matplotlib.get_data_path()) / "fonts" / "ttf" / "DejaVuSans.ttf"
+        return str(p) if p.is_file() else None
+    except Exception:
+        return None
+
+
+def ultralytics_offline():
+    """Import ultralytics so that it can never reach the network; returns the ``YOLO`` class.
+
+    * ``YOLO_OFFLINE=1`` (set before the first import) makes ``ultralytics.utils.ONLINE`` False,
+      which disables the events/analytics sync, update checks and "online" download retries;
+    * the integrations and ``sync`` are switched off in the ultralytics settings;
+    * ``check_font`` (called by ``check_det_dataset`` for every training/validation run, and by
+      the plotting Annotator) would download Arial.ttf: it is replaced by a function returning
+      matplotlib's bundled DejaVuSans.ttf;
+    * callers pass ``plots=False`` and ``amp=False`` (the AMP check would fetch yolo26n.pt; on CPU
+      it returns before that anyway) and only local ``.pt`` paths, never hub names.
+    """
+    os.environ["YOLO_OFFLINE"] = "1"
+    os.environ.setdefault("YOLO_VERBOSE", "False")
+    import ultralytics
+    import ultralytics.data.utils as data_utils
+    import ultralytics.utils as uutils
+    import ultralytics.utils.checks as checks
+    import ultralytics.utils.plotting as plotting
+    from ultralytics import settings as usettings
+
+    uutils.ONLINE = False
+    checks.ONLINE = False
+    try:
+        import ultralytics.utils.events as events
+
+        events.ONLINE = False
+    except ImportError:  # pragma: no cover - older/newer layouts
+        pass
+    if any(usettings.get(k) != v for k, v in _OFFLINE_SETTINGS.items() if k in usettings):
+        usettings.update({k: v for k, v in _OFFLINE_SETTINGS.items() if k in usettings})
+    font = local_font()
+
+    def _check_font(name: str = "Arial.ttf"):  # never download
+        return font
+
+    checks.check_font = _check_font
+    data_utils.check_font = _check_font
+    plotting.check_font = _check_font
+    return ultralytics.YOLO
+
+
+@dataclass
+class Box:
+    """One finding in original-image pixel coordinates."""
+
+    x0: float
+    y0: float
+    x1: float
+    y1: float
+    class_id: int
+    label: str
+    confidence: float
+    validated: bool
+
+
+def _card(path: Path) -> dict:
+    card_path = path.with_suffix(".json")
+    if card_path.is_file():
+        try:
+            return json.loads(card_path.read_text())
+        except (OSError, json.JSONDecodeError):
+            return {}
+    return {}
+
+
+@functools.lru_cache(maxsize=4)
+def _load(path: str):
+    import torch
+
+    YOLO = ultralytics_offline()
+    torch.set_num_threads(max(1, settings.TORCH_THREADS))
+    p = Path(path)
+    if not p.is_file():
+        raise FileNotFoundError(
+            f"No detector weights at {p}. Train them with `python -m cxr_core.detection train`."
+        )
+    model = YOLO(str(p), task="detect")
+    card = _card(p)
+    validated = set(card.get("validated_classes", []))
+    train_args = (getattr(model, "ckpt", None) or {}).get("train_args", {}) or {}
+    imgsz = int(train_args.get("imgsz") or settings.DETECTOR_IMGSZ)  # infer at the training size
+    return model, validated, imgsz
+
+
+def load_detector(path: str | Path | None = None):
+    """The YOLO model at ``path`` (default weights/detector.pt), loaded once per process."""
+    return _load(str(Path(path or settings.DETECTOR_WEIGHTS).resolve()))[0]
+
+
+def _rgb(image: CXRImage) -> np.ndarray:
+    g = image.to_uint8()
+    return np.ascontiguousarray(np.stack([g, g, g], axis=-1))
+
+
+def detect(
+    image: CXRImage,
+    conf: float = settings.DETECTOR_CONF,
+    classes: list[str] | None = None,
+    *,
+    weights: str | Path | None = None,
+    imgsz: int | None = None,
+) -> list[Box]:
+    """Boxes found on ``image`` in ORIGINAL pixel coordinates (``image.meta.original_size``).
+
+    ``classes`` restricts the output to these labels (names from settings.DETECTOR_CLASSES).
+    """
+    model, validated, train_imgsz = _load(str(Path(weights or settings.DETECTOR_WEIGHTS).resolve()))
+    names = model.names
+    class_ids = None
+    if classes is not None:
+        wanted = set(classes)
+        unknown = wanted - set(names.values())
+        if unknown:
+            raise ValueError(f"Unknown detector classes: {sorted(unknown)}")
+        class_ids = [i for i, n in names.items() if n in wanted]
+        if not class_ids:
+            return []
+    rgb = _rgb(image)
+    res = model.predict(
+        rgb[..., ::-1],  # ultralytics expects BGR numpy arrays
+        imgsz=imgsz or train_imgsz,
+        conf=conf,
+        classes=class_ids,
+        device="cpu",
+        verbose=False,
+    )[0]
+    ow, oh = image.meta.original_size
+    fx, fy = ow / image.width, oh / image.height
+    out: list[Box] = []
+    xyxy = res.boxes.xyxy.cpu().numpy() if res.boxes is not None else np.zeros((0, 4))
+    cls = res.boxes.cls.cpu().numpy().astype(int) if res.boxes is not None else []
+    confs = res.boxes.conf.cpu().numpy() if res.boxes is not None else []
+    for (x0, y0, x1, y1), c, p in zip(xyxy, cls, confs):
+        label = names[int(c)]
+        out.append(
+            Box(
+                float(x0 * fx), float(y0 * fy), float(x1 * fx), float(y1 * fy),
+                int(c), label, float(p), label in validated,
+            )
+        )
+    out.sort(key=lambda b: -b.confidence)
+    return out
+
+
+def class_colour(class_id: int) -> tuple[int, int, int]:
+    """A stable, saturated RGB colour per class id (golden-angle hue steps)."""
+    h = (class_id * 0.618033988749895) % 1.0
+    r, g, b = colorsys.hsv_to_rgb(h, 0.85, 1.0)
+    return int(r * 255), int(g * 255), int(b * 255)
+
+
+def draw_boxes(
+    rgb: np.ndarray,
+    boxes: Iterable[Box],
+    *,
+    scale: tuple[float, float] | None = None,
+    thickness: int | None = None,
+    show_confidence: bool = True,
+) -> np.ndarray:
+    """Draw boxes (with class label and confidence) on a copy of an RGB uint8 image.
+
+    Boxes are in original-image pixels; if ``rgb`` is a resized view pass ``scale`` =
+    (rgb_width / original_width, rgb_height / original_height), otherwise the boxes are assumed
+    to be in ``rgb``'s pixels. Text uses OpenCV's built-in Hershey font (no font files).
+    Unvalidated classes are marked with "*" after the label.
+    """
+    import cv2
+
+    img = np.ascontiguousarray(np.asarray(rgb, dtype=np.uint8).copy())
+    if img.ndim == 2:
+        img = np.stack([img] * 3, axis=-1)
+    h, w = img.shape[:2]
+    sx, sy = scale or (1.0, 1.0)
+    t = thickness or max(1, round(max(h, w) / 400))
+    font_scale = max(0.4, max(h, w) / 1400)
+    for b in boxes:
+        colour = class_colour(b.class_id)
+        p0 = (int(round(b.x0 * sx)), int(round(b.y0 * sy)))
+        p1 = (int(round(b.x1 * sx)), int(round(b.y1 * sy)))
+        cv2.rectangle(img, p0, p1, colour, t, cv2.LINE_8)
+        text = b.label + ("" if b.validated else "*")
+        if show_confidence:
+            text += f" {b.confidence:.2f}"
+        (tw, th), base = cv2.getTextSize(text, cv2.FONT_HERSHEY_SIMPLEX, font_scale, max(1, t // 2 + 1))
+        x = min(max(0, p0[0]), max(0, w - tw - 2))
+        y = p0[1] - th - base - 2 if p0[1] - th - base - 2 >= 0 else min(h - th - base - 2, p0[1] + t)
+        y = max(0, y)
+        cv2.rectangle(img, (x, y), (x + tw + 2, y + th + base + 2), colour, -1)
+        luminance = 0.299 * colour[0] + 0.587 * colour[1] + 0.114 * colour[2]
+        ink = (0, 0, 0) if luminance > 140 else (255, 255, 255)
+        cv2.putText(
+            img, text, (x + 1, y + th + 1), cv2.FONT_HERSHEY_SIMPLEX, font_scale, ink,
+            max(1, t // 2 + 1), cv2.LINE_AA,
+        )
+    return img

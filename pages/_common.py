@@ -1,0 +1,126 @@
+"""Helpers shared by the pages: process-wide model caches and defensive imports.
+
+Models are loaded once per server process (st.cache_resource). Modules that are not
+installed or not written yet make the helpers return None, so a page can say so plainly.
+"""
+
+from __future__ import annotations
+
+import importlib
+import inspect
+import threading
+from types import ModuleType
+from typing import Any
+
+import streamlit as st
+
+
+def optional_module(name: str) -> ModuleType | None:
+    """Import cxr_core.<name> if it exists and imports cleanly, else None."""
+    try:
+        return importlib.import_module(f"cxr_core.{name}")
+    except Exception:
+        return None
+
+
+@st.cache_resource(show_spinner="Loading the classifier...")
+def get_classifier(name: str) -> Any:
+    from cxr_core.models import load_classifier
+
+    return load_classifier(name)
+
+
+@st.cache_resource(show_spinner="Loading the abnormality detector...")
+def get_detector() -> Any:
+    detection = importlib.import_module("cxr_core.detection")
+    return detection.load_detector()
+
+
+@st.cache_resource(show_spinner="Loading the lung segmenter...")
+def get_segmenter() -> Any:
+    lungs = importlib.import_module("cxr_core.lungs")
+    loader = getattr(lungs, "load_segmenter", None)
+    return loader() if loader else None
+
+
+def call_with_optional(fn: Any, *args: Any, **optional: Any) -> Any:
+    """Call fn(*args, **kw) passing only the optional keyword arguments its signature accepts."""
+    try:
+        params = inspect.signature(fn).parameters
+    except (TypeError, ValueError):
+        return fn(*args)
+    accepts_any = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
+    kw = {k: v for k, v in optional.items() if v is not None and (accepts_any or k in params)}
+    return fn(*args, **kw)
+
+
+def classifier_status() -> tuple[list[str], dict[str, str]]:
+    """(names with trained weights, display name per known classifier)."""
+    from cxr_core import settings
+
+    try:
+        from cxr_core.models import SPECS, available_classifiers
+
+        names = {n: SPECS[n].display_name for n in settings.CLASSIFIERS if n in SPECS}
+        return list(available_classifiers()), names
+    except Exception:
+        return [], {n: n for n in settings.CLASSIFIERS}
+
+
+def limits_box(card: dict | None, title: str = "Known limits of this model", expanded: bool = True) -> None:
+    """The 'decision support' reminder plus the model card's known limits, next to a result."""
+    from cxr_core import settings
+
+    limits = list((card or {}).get("known_limits") or [])
+    with st.expander(f":material/report: {title}", expanded=expanded):
+        st.markdown(f"**{settings.DISCLAIMER}**")
+        if limits:
+            st.markdown("\n".join(f"- {lim}" for lim in limits))
+        else:
+            st.markdown("- The model card lists no specific limits; see the About page for the data's confounds.")
+
+
+_RUN = threading.local()  # .via_main is True while streamlit_app.py runs a page in this thread
+
+
+def run_page(page: Any) -> None:
+    """Run the selected st.navigation page, marking this thread as 'inside the main script'."""
+    _RUN.via_main = True
+    try:
+        page.run()
+    finally:
+        _RUN.via_main = False
+
+
+def ensure_navigation() -> None:
+    """Make a deep link (e.g. /compare) on a freshly started server go through streamlit_app.py.
+
+    Streamlit treats an app with a `pages/` folder as a legacy multipage app until the first
+    `st.navigation` call in the process; until then a deep link runs the page file on its own
+    (no page config, a raw file list as navigation). Each page calls this first: in that legacy
+    state it switches the process to `st.navigation` mode and reruns through the main script.
+    """
+    try:
+        from streamlit.runtime.pages_manager import PagesManager
+    except Exception:  # internal API moved: the worst case is the legacy look on the first visit
+        return
+    if getattr(_RUN, "via_main", False):  # normal case: streamlit_app.py called st.navigation
+        return
+    if PagesManager.uses_pages_directory:
+        PagesManager.uses_pages_directory = False
+        st.rerun()
+
+
+def chart(build: Any, *args: Any, key: str, config: dict | None = None, **kwargs: Any) -> bool:
+    """Draw the plotly figure returned by build(*args, **kwargs); a malformed JSON file gives a short
+    warning instead of an exception. Returns False when there was nothing to draw."""
+    try:
+        fig = build(*args, **kwargs)
+    except Exception:
+        st.warning("This figure could not be drawn from the JSON files in weights/ (unexpected format).",
+                   icon=":material/warning:")
+        return False
+    if fig is None:
+        return False
+    st.plotly_chart(fig, key=key, config=config or {"displaylogo": False})
+    return True

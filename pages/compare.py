@@ -1,0 +1,91 @@
+"""Model comparison: V-BreathNet vs the transfer-learning baselines, read from weights/*.json only."""
+
+from __future__ import annotations
+
+import streamlit as st
+
+from cxr_core import dashboard, settings
+from pages._common import chart, ensure_navigation
+
+ensure_navigation()
+
+st.title("Model comparison")
+st.caption(
+    "Every number on this page is read from the model cards in `weights/*.json`, written by training and "
+    "evaluation. Figures quoted from the V-BreathNet paper are kept in separate **Paper-reported** columns; "
+    "**Measured here** columns are our own runs on the cxr3 data."
+)
+
+cards = dashboard.load_cards()
+trained = dashboard.trained(cards)
+missing = [dashboard.display_name(n) for n, c in cards.items() if not c]
+
+if not trained:
+    st.warning(
+        "**No model has been trained yet**, so there is nothing to compare. Train with "
+        "`python -m cxr_core.train --model NAME` (NAME in " + ", ".join(settings.CLASSIFIERS) + ").",
+        icon=":material/model_training:",
+    )
+    st.table(dashboard.comparison_styler(dashboard.comparison_table(cards)))
+    st.stop()
+
+if missing:
+    st.info("Not trained yet: " + ", ".join(missing) + ". They appear below as empty rows.", icon=":material/info:")
+
+split = st.segmented_control("Evaluation split", ["test", "val"], default="test", key="cmp_split") or "test"
+
+st.subheader("Summary")
+table = dashboard.comparison_table(cards, split)
+st.table(dashboard.comparison_styler(table))
+st.caption(
+    "Params: PyTorch count (the paper counts Keras parameters, which include batch-norm statistics). "
+    "ECE: expected calibration error after temperature scaling. Latency: single-image CPU inference. "
+    "Shaded columns are **Paper-reported**: measured by the paper's authors on their own data and split, "
+    "so they are not directly comparable with ours. — = not available."
+)
+
+devs = dashboard.deviations(cards)
+if devs:
+    with st.container(border=True):
+        st.markdown(":material/warning: **Not faithful to the paper** — these models differ from the published setup:")
+        for name, items in devs.items():
+            st.markdown(f"**{name}**\n" + "\n".join(f"- {d}" for d in items))
+
+st.subheader("Per-class precision, recall and F1")
+chart(dashboard.per_class_figure, cards, split, key="cmp_per_class")
+
+st.subheader("Confusion matrices")
+cols = st.columns(min(len(trained), 4))
+for col, (name, card) in zip(cols, trained.items()):
+    with col:
+        chart(dashboard.confusion_figure, card, split, name, key=f"cmp_cm_{name}", config={"displayModeBar": False})
+st.caption("Rows: true class, columns: predicted class; each cell shows the count and the share of its row.")
+
+st.subheader("ROC curves")
+chart(dashboard.roc_figure, cards, split, key="cmp_roc")
+
+c1, c2 = st.columns(2)
+with c1:
+    st.subheader("Training curves")
+    chart(dashboard.training_curves_figure, cards, key="cmp_train")
+with c2:
+    st.subheader("Accuracy, size and speed")
+    chart(dashboard.tradeoff_figure, cards, split, key="cmp_tradeoff")
+
+st.subheader("Performance by source and age group")
+st.warning(dashboard.GROUP_NOTE, icon=":material/diversity_3:")
+groups = dashboard.per_group_table(cards, split)
+if groups.empty:
+    st.info("The model cards hold no per-group metrics yet.")
+else:
+    st.table(dashboard.styled(groups))
+    st.caption("Recall per class within each group; — means the class does not occur in that group.")
+
+st.subheader("Calibration")
+cal_cols = st.columns(min(len(trained), 4))
+for col, (name, card) in zip(cal_cols, trained.items()):
+    with col:
+        cal = card.get("calibration") or {}
+        st.markdown(f"**{dashboard.display_name(name, card)}** · T = {cal.get('temperature', 'n/a')} · "
+                    f"abstain below {cal.get('abstain_threshold', settings.ABSTAIN_CONFIDENCE)}")
+        chart(dashboard.reliability_figure, card, key=f"cmp_rel_{name}", config={"displayModeBar": False})

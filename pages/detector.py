@@ -1,0 +1,105 @@
+"""Detector & data: the VinBigData / TBX11K box data and the detector's measured quality."""
+
+from __future__ import annotations
+
+import streamlit as st
+
+from cxr_core import dashboard, settings
+from pages._common import chart, ensure_navigation
+
+ensure_navigation()
+
+st.title("Abnormality detector & data")
+files = dashboard.load_detector_files()
+card, metrics, figures = files["card"], files["metrics"], files["figures"]
+
+st.caption(
+    "The detector draws boxes for 14 VinBigData findings and two TBX11K tuberculosis classes. "
+    "It is a **research preview**: it was trained on a small public subset, so its boxes are hints, not findings."
+)
+
+if not any(files.values()):
+    st.info(
+        "No detector results yet (`weights/detector.json`, `detector_metrics.json` and `detector_figures.json` are "
+        "missing). Train and evaluate with `python -m cxr_core.detection train`.",
+        icon=":material/info:",
+    )
+    st.stop()
+
+n_images = dashboard.detector_n_images(card, figures)
+head = dashboard.headline_detector_metrics(metrics)
+cols = st.columns(1 + len(head))
+cols[0].metric("Training images", f"{n_images:,}" if n_images is not None else "n/a")
+for col, (label, value) in zip(cols[1:], head.items()):
+    col.metric(label, f"{value:.3f}")
+counts = dashboard.detector_data_counts(card)
+by_source = "; ".join(
+    f"{src}: " + ", ".join(f"{n:,} {split}" for split, n in per.items()) for src, per in counts.items()
+)
+st.warning(
+    f"Data size: the detector is a {dashboard.detector_label(card, figures)}"
+    + (f" ({by_source} images)" if by_source else "")
+    + ". Classes with too few test examples to measure accuracy are marked *not validated* here and on the "
+    "Diagnose page.",
+    icon=":material/science:",
+)
+
+def _build(fn, *args):
+    """(figure or None, failed?) without letting a malformed file raise."""
+    try:
+        return fn(*args), False
+    except Exception:
+        return None, True
+
+
+if metrics:
+    st.subheader("Per-class average precision")
+    chart(dashboard.per_class_ap_figure, metrics, key="det_ap")
+    try:
+        st.table(dashboard.styled(dashboard.per_class_ap_table(metrics)))
+    except Exception:
+        st.warning("The per-class table could not be read from `detector_metrics.json`.")
+    st.caption(f"A class counts as validated with at least {settings.DETECTOR_MIN_SUPPORT} test boxes.")
+else:
+    st.info("Detector metrics (`weights/detector_metrics.json`) are not available yet.")
+
+if figures:
+    if figures.get("n_images"):
+        st.info(
+            f"The figures below describe the full VinBigData annotation table ({figures['n_images']:,} images, "
+            f"{figures.get('n_boxes', 0):,} radiologist boxes) plus TBX11K; only the images counted above were "
+            "available to train the detector.",
+            icon=":material/dataset:",
+        )
+    built = {name: _build(fn, figures) for name, fn in (
+        ("labels", dashboard.label_distribution_figure), ("pva", dashboard.predicted_vs_actual_figure),
+        ("area", dashboard.box_area_figure), ("bpi", dashboard.boxes_per_image_figure))}
+    titles = {"labels": "Label distribution", "pva": "Predicted vs actual", "area": "Box size per class",
+              "bpi": "Boxes per image"}
+    ready = [k for k, (fig, _) in built.items() if fig is not None]
+    for row in (ready[i:i + 2] for i in range(0, len(ready), 2)):
+        for col, name in zip(st.columns(2), row):
+            with col:
+                st.subheader(titles[name])
+                st.plotly_chart(built[name][0], key=f"det_{name}", config={"displaylogo": False})
+    if any(failed for _, failed in built.values()):
+        st.warning("Some figures could not be drawn from `detector_figures.json` (unexpected format).")
+    agreement = dashboard.agreement_table(figures) if isinstance(figures.get("radiologist_agreement"), dict) else None
+    if agreement is not None and not agreement.empty:
+        st.subheader("Radiologist agreement")
+        st.caption("How much the three VinBigData radiologists agreed with each other: the detector cannot be "
+                   "expected to agree with a reader more than readers agree among themselves.")
+        agreement = agreement[[c for c in agreement.columns if c != "class_id"]]
+        st.table(dashboard.styled(agreement, 2))
+    if not ready and (agreement is None or agreement.empty):
+        st.info("The figures file holds no figure this page knows how to draw.")
+else:
+    st.info("Dataset figures (`weights/detector_figures.json`) are not available yet.")
+
+limits = dashboard.detector_limits(card)
+if limits:
+    st.subheader("Known limits")
+    st.markdown("\n".join(f"- {x}" for x in limits))
+if card:
+    with st.expander("Detector model card"):
+        st.json(card, expanded=False)

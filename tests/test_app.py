@@ -1,0 +1,305 @@
+"""Every page of the Streamlit app through streamlit.testing.v1.AppTest (no browser).
+
+Streamlit 1.67's AppTest supports st.file_uploader (`set_value((name, bytes, mime))`), so the
+Diagnose page is driven exactly as a user would: upload, read the result, toggle layers.
+Model cards and a randomly initialised V-BreathNet checkpoint are written into a tmp dir.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from app_fixtures import (
+    chest_png_bytes,
+    real_cxr3_image,
+    write_cards,
+    write_detector_files,
+    write_detector_files,
+    write_vbreathnet_checkpoint,
+)
+from conftest import requires_cxr3
+from cxr_core import settings
+
+APP = str(Path(__file__).resolve().parent.parent / "streamlit_app.py")
+TIMEOUT = 60
+
+
+@pytest.fixture
+def weights(tmp_path, monkeypatch):
+    """An empty weights dir; detector and segmenter weights absent; caches cleared around the test."""
+    import streamlit as st
+
+    from cxr_core import models
+
+    d = tmp_path / "weights"
+    d.mkdir()
+    monkeypatch.setattr(settings, "WEIGHTS_DIR", d)
+    monkeypatch.setattr(settings, "DETECTOR_WEIGHTS", d / "detector.pt")
+    monkeypatch.setattr(settings, "LUNGSEG_WEIGHTS", d / "lungseg.pt")
+    models.load_classifier.cache_clear()
+    st.cache_resource.clear()
+    yield d
+    models.load_classifier.cache_clear()
+    st.cache_resource.clear()
+
+
+@pytest.fixture
+def trained(weights):
+    write_cards(weights, ("vbreathnet",))
+    write_vbreathnet_checkpoint(weights)
+    return weights
+
+
+def _app():
+    from streamlit.testing.v1 import AppTest
+
+    at = AppTest.from_file(APP, default_timeout=TIMEOUT)
+    at.run()
+    assert not at.exception, at.exception
+    return at
+
+
+def _texts(at, kind: str) -> str:
+    return "\n".join(str(e.value) for e in getattr(at, kind))
+
+
+def _upload(at, *files):
+    at.file_uploader(key="dx_upload").set_value(list(files)).run()
+    assert not at.exception, [e.value for e in at.exception]
+    return at
+
+
+# --- without any trained model -------------------------------------------------------------------------
+
+
+def test_every_page_renders_without_models(weights):
+    at = _app()
+    assert at.title[0].value == "Diagnose a chest X-ray"
+    assert "No trained model is available yet" in _texts(at, "warning")
+    assert settings.DISCLAIMER in _texts(at, "warning")  # shared sidebar
+    assert not at.error
+    assert at.selectbox(key="dx_model").options == [
+        "V-BreathNet (not trained)", "DenseNet121 (not trained)", "MobileNetV2 (not trained)", "VGG16 (not trained)"]
+
+    at.switch_page("pages/compare.py").run()
+    assert not at.exception
+    assert "No model has been trained yet" in _texts(at, "warning")
+    assert len(at.table[0].value) == 4  # the empty comparison table still lists the four models
+
+    at.switch_page("pages/detector.py").run()
+    assert not at.exception
+    assert "No detector results yet" in _texts(at, "info")
+
+    at.switch_page("pages/about.py").run()
+    assert not at.exception
+    headers = [h.value for h in at.header]
+    assert headers[:5] == ["Intended use", "Known confounds", "Data sources, licences and attribution",
+                           "Model cards", "How to retrain"]
+    code = _texts(at, "code")
+    for cmd in ("python -m cxr_core.train --model", "python -m cxr_core.evaluate",
+                "python -m cxr_core.detection train", "python -m cxr_core.lungs train"):
+        assert cmd in code
+    assert settings.DISCLAIMER in _texts(at, "markdown")
+
+
+def test_upload_without_model_shows_image_and_says_so(weights):
+    at = _upload(_app(), ("chest.png", chest_png_bytes(256), "image/png"))
+    assert at.image, "the uploaded image is shown"
+    assert "No trained model is available, so no class is suggested." in _texts(at, "info")
+    assert not at.metric
+    assert at.toggle(key="dx_heat").disabled
+
+
+def test_bad_file_shows_specific_error_not_traceback(weights):
+    at = _upload(_app(), ("broken.png", b"this is not an image at all", "image/png"))
+    errors = _texts(at, "error")
+    assert "broken.png" in errors and "could not be used" in errors
+    assert "Traceback" not in errors
+    assert not at.image
+    # a truncated PNG is explained too
+    at = _upload(at, ("cut.png", chest_png_bytes(256)[:300], "image/png"))
+    assert "cut.png" in _texts(at, "error")
+
+
+# --- with a (fixture) trained V-BreathNet ----------------------------------------------------------------
+
+
+def test_upload_png_predicts_and_offers_reports(trained):
+    at = _app()
+    assert "No trained model" not in _texts(at, "warning")
+    assert at.selectbox(key="dx_model").value == "V-BreathNet"
+    at = _upload(at, ("chest.png", chest_png_bytes(256), "image/png"))
+    labels = {m.label: m.value for m in at.metric}
+    assert labels["Suggested class"] in settings.CLASS_LABELS.values()
+    assert labels["Calibrated confidence"].endswith("%")
+    assert at.get("plotly_chart"), "probability bar chart"
+    assert "Decision support, not a diagnosis" in _texts(at, "caption")
+    assert "FIXTURE LIMIT" in _texts(at, "markdown")  # the card's known limits next to the result
+    downloads = {d.label for d in at.get("download_button")}
+    assert downloads == {"PDF report", "Results (JSON)"}
+    assert "Image quality" in [s.value for s in at.subheader]
+
+    # heatmap layer on, then window/level change: no exception, image still shown
+    at.toggle(key="dx_heat").set_value(True).run()
+    assert not at.exception, [e.value for e in at.exception]
+    assert at.selectbox(key="dx_cam_method").value == "Grad-CAM"
+    assert not any("Heatmap unavailable" in w for w in _texts(at, "warning").splitlines())
+    at.slider(key="dx_alpha").set_value(0.8).run()
+    at.slider(key="dx_contrast").set_value(2.0).run()
+    at.slider(key="dx_zoom").set_value(2.0).run()
+    assert not at.exception
+    assert at.image
+
+
+def test_abstention_is_explained(trained):
+    write_vbreathnet_checkpoint(trained, temperature=50.0)  # flat probabilities -> abstain
+    at = _upload(_app(), ("chest.png", chest_png_bytes(256, seed=1), "image/png"))
+    warnings = _texts(at, "warning")
+    assert "the model abstains" in warnings and "below" in warnings
+    assert not [m for m in at.metric if m.label == "Suggested class"]
+
+
+def test_worklist_of_several_files(trained):
+    at = _upload(_app(), ("a.png", chest_png_bytes(256, 0), "image/png"),
+                 ("b.png", b"garbage", "image/png"))
+    radio = at.radio(key="dx_worklist")
+    assert radio.options == ["1. a.png", "2. b.png"]
+    assert at.metric
+    radio.set_value("2. b.png").run()
+    assert not at.exception
+    assert "b.png" in _texts(at, "error")
+
+
+def test_dicom_metadata_and_identifiers(trained):
+    from conftest import chest_phantom, make_dicom, to_uint16
+
+    dcm = make_dicom(to_uint16(chest_phantom(256), 12), bits_stored=12)
+    at = _upload(_app(), ("study.dcm", dcm, "application/dicom"))
+    captions = _texts(at, "caption")
+    assert "View: **PA**" in captions and "Modality: **DX**" in captions and "0.139 x 0.139 mm" in captions
+    assert "Doe^Jane" not in str(at.table[0].value)
+    at.checkbox(key="dx_show_ids").check().run()
+    assert not at.exception
+    assert "Doe^Jane" in str(at.table[0].value)
+
+
+@requires_cxr3
+def test_real_cxr3_image(trained):
+    name, data = real_cxr3_image()
+    at = _upload(_app(), (name, data, "image/jpeg"))
+    assert at.image and at.metric or "abstains" in _texts(at, "warning")
+    assert not _texts(at, "error")
+
+
+def test_not_trained_model_choice_is_explained(trained):
+    at = _app()
+    at.selectbox(key="dx_model").set_value("VGG16 (not trained)").run()
+    assert "VGG16 is not trained yet" in _texts(at, "info")
+
+
+# --- comparison / detector pages with fixture cards -----------------------------------------------------
+
+
+def test_compare_page_with_cards(weights):
+    write_cards(weights, ("vbreathnet", "densenet121"), faithful={"densenet121": False})
+    at = _app()
+    at.switch_page("pages/compare.py").run()
+    assert not at.exception, at.exception
+    assert "Not trained yet: MobileNetV2, VGG16" in _texts(at, "info")
+    table = at.table[0].value
+    assert "Paper-reported: test accuracy" in table.columns and "Measured here: test accuracy" in table.columns
+    assert list(table["Model"]) == ["V-BreathNet", "DenseNet121", "MobileNetV2", "VGG16"]
+    assert "Not faithful to the paper" in _texts(at, "markdown")
+    assert "FIXTURE: trained for fewer epochs" in _texts(at, "markdown")
+    # per-class, 2 confusion matrices, ROC, training curves, trade-off, 2 reliability diagrams
+    assert len(at.get("plotly_chart")) == 1 + 2 + 1 + 1 + 1 + 2
+    assert "viral pneumonia images are all paediatric" in _texts(at, "warning")
+    at.segmented_control(key="cmp_split").set_value("val").run()
+    assert not at.exception
+    assert "Measured here: val accuracy" in at.table[0].value.columns
+
+
+def test_detector_page_with_files(weights):
+    write_detector_files(weights)
+    at = _app()
+    at.switch_page("pages/detector.py").run()
+    assert not at.exception, at.exception
+    metrics = {m.label: m.value for m in at.metric}
+    assert metrics["Training images"] == "647"
+    assert metrics["mAP@0.4"] == "0.310"
+    warning = _texts(at, "warning")
+    assert "research preview — trained on 647 images" in warning and "VinBigData: 10 train, 1 val, 1 test" in warning
+    assert len(at.get("plotly_chart")) >= 4
+    assert "FIXTURE: only a handful" in _texts(at, "markdown")
+
+
+def test_boxes_and_lung_layers_with_stub_detector(trained, monkeypatch):
+    """The detector and segmenter are replaced by stubs (their own tests live with them); the page must
+    draw both layers on the same image, list the boxes, flag unvalidated classes and filter by threshold."""
+    import numpy as np
+
+    from cxr_core import detection, lungs
+
+    boxes = [detection.Box(40.0, 50.0, 120.0, 140.0, 14, "Active tuberculosis", 0.81, True),
+             detection.Box(150.0, 60.0, 200.0, 100.0, 0, "Aortic enlargement", 0.30, False)]
+    (trained / "detector.pt").write_bytes(b"stub")
+    (trained / "lungseg.pt").write_bytes(b"stub")
+    write_detector_files(trained)
+    monkeypatch.setattr(detection, "load_detector", lambda *a, **k: object())
+    monkeypatch.setattr(detection, "detect", lambda image, conf=0.25, classes=None, **k:
+                        [b for b in boxes if b.confidence >= conf])
+
+    def fake_segment(image, segmenter=None, **k):
+        mask = np.zeros(image.pixels.shape, bool)
+        mask[60:200, 30:110] = True
+        mask[60:200, 146:226] = True
+        return lungs.mask_from_probability(mask.astype(np.float32))
+
+    monkeypatch.setattr(lungs, "segment", fake_segment)
+    monkeypatch.setattr(lungs, "load_segmenter", lambda *a, **k: None)
+
+    at = _upload(_app(), ("chest.png", chest_png_bytes(256), "image/png"))
+    at.toggle(key="dx_boxes").set_value(True).run()
+    assert not at.exception, [e.value for e in at.exception]
+    table = at.dataframe[0].value
+    assert list(table["Finding"]) == ["Active tuberculosis", "Aortic enlargement"]
+    assert list(table["Validated"]) == ["yes", "not validated"]
+    assert "research preview — trained on 647 images" in _texts(at, "markdown")
+    assert "not validated" in _texts(at, "caption")
+    at.slider(key="dx_box_conf").set_value(0.5).run()
+    assert list(at.dataframe[0].value["Finding"]) == ["Active tuberculosis"]
+    at.toggle(key="dx_lungs").set_value(True).run()
+    at.toggle(key="dx_heat").set_value(True).run()
+    assert not at.exception, [e.value for e in at.exception]
+    assert not [w for w in _texts(at, "warning").splitlines() if "unavailable" in w]
+    assert "FIXTURE: only a handful" in _texts(at, "markdown")  # detector limits next to the boxes
+
+
+def test_malformed_json_files_do_not_crash_pages(weights):
+    import json
+
+    (weights / "vbreathnet.json").write_text(json.dumps({"name": "vbreathnet", "metrics": {"test": {
+        "accuracy": "n/a", "per_class": [1, 2], "confusion_matrix": "oops", "roc_curve": {"covid": 3},
+        "per_group": {"source": {"x": {"n": 1}}}}}, "training": {"history": "none"}, "params": [1]}))
+    (weights / "detector.json").write_text(json.dumps({"data": "weird"}))
+    (weights / "detector_metrics.json").write_text(json.dumps({"per_class": "bad", "map40": "x"}))
+    (weights / "detector_figures.json").write_text(json.dumps({"label_distribution": 5, "box_area": "x",
+                                                               "predicted_vs_actual": [1, 2]}))
+    at = _app()
+    for page in ("pages/compare.py", "pages/detector.py", "pages/about.py"):
+        at.switch_page(page).run()
+        assert not at.exception, (page, [e.value for e in at.exception])
+
+
+def test_unexpected_error_shows_generic_message(trained, monkeypatch):
+    from cxr_core import dashboard
+
+    def boom(*a, **k):
+        raise RuntimeError("internal detail that must not reach the user")
+
+    monkeypatch.setattr(dashboard, "window_level", boom)
+    at = _upload(_app(), ("chest.png", chest_png_bytes(256), "image/png"))
+    errors = _texts(at, "error")
+    assert "Something went wrong" in errors and "internal detail" not in errors

@@ -1,0 +1,167 @@
+"""One real-browser run: headless Chromium drives `streamlit run` on 127.0.0.1.
+
+Upload a chest image, wait for the prediction, toggle the heatmap, save screenshots under the
+test's tmp dir (their paths are printed; run with -s to see them). The server reads a tmp weights
+dir holding a fixture (randomly initialised) V-BreathNet, so the test never depends on training.
+Skips with a reason when Chromium / chromedriver / selenium are missing
+(Debian: `apt-get install -y chromium chromium-driver`).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from app_fixtures import chest_png_bytes, write_cards, write_detector_files, write_vbreathnet_checkpoint
+
+ROOT = Path(__file__).resolve().parent.parent
+CHROMIUM = os.environ.get("CXR_CHROMIUM", "/usr/bin/chromium")
+CHROMEDRIVER = os.environ.get("CXR_CHROMEDRIVER", "/usr/bin/chromedriver")
+
+pytestmark = [
+    pytest.mark.skipif(os.environ.get("CXR_SKIP_BROWSER") == "1", reason="CXR_SKIP_BROWSER=1"),
+    pytest.mark.skipif(not Path(CHROMIUM).is_file(), reason=f"Chromium not installed at {CHROMIUM} "
+                       "(apt-get install -y chromium chromium-driver)"),
+    pytest.mark.skipif(not Path(CHROMEDRIVER).is_file(), reason=f"chromedriver not installed at {CHROMEDRIVER} "
+                       "(apt-get install -y chromium-driver)"),
+]
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _wait_healthy(url: str, proc: subprocess.Popen, timeout: float = 60) -> None:
+    end = time.time() + timeout
+    while time.time() < end:
+        if proc.poll() is not None:
+            raise RuntimeError(f"streamlit exited with code {proc.returncode}")
+        try:
+            with urllib.request.urlopen(url + "/_stcore/health", timeout=2) as r:
+                if r.status == 200:
+                    return
+        except OSError:
+            pass
+        time.sleep(0.5)
+    raise TimeoutError("streamlit did not become healthy")
+
+
+@pytest.fixture
+def server(tmp_path):
+    weights = tmp_path / "weights"
+    weights.mkdir()
+    write_cards(weights, ("vbreathnet",))
+    write_vbreathnet_checkpoint(weights)
+    write_detector_files(weights)
+    port = _free_port()
+    env = dict(os.environ, CXR_WEIGHTS_DIR=str(weights), CXR_TORCH_THREADS="1", PYTHONUNBUFFERED="1")
+    log = open(tmp_path / "streamlit.log", "w")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "streamlit", "run", str(ROOT / "streamlit_app.py"),
+         "--server.address", "127.0.0.1", "--server.port", str(port), "--server.headless", "true",
+         "--browser.gatherUsageStats", "false", "--server.fileWatcherType", "none"],
+        cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
+    )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        _wait_healthy(url, proc)
+        yield url
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(1)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(5)
+        log.close()
+
+
+@pytest.fixture
+def browser(tmp_path):
+    webdriver = pytest.importorskip("selenium.webdriver", reason="selenium is not installed")
+    from selenium.webdriver.chrome.options import Options
+    from selenium.webdriver.chrome.service import Service
+
+    opts = Options()
+    opts.binary_location = CHROMIUM
+    for flag in ("--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                 "--disable-component-update", "--disable-sync", "--no-first-run", "--disable-dev-shm-usage",
+                 "--window-size=1440,1600", f"--user-data-dir={tmp_path / 'chrome-profile'}"):
+        opts.add_argument(flag)
+    driver = webdriver.Chrome(service=Service(CHROMEDRIVER), options=opts)
+    yield driver
+    driver.quit()
+    shutil.rmtree(tmp_path / "chrome-profile", ignore_errors=True)
+
+
+def _wait_text(driver, text: str, timeout: float = 90) -> None:
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    WebDriverWait(driver, timeout, poll_frequency=0.5).until(lambda d: text in d.find_element("tag name", "body").text)
+
+
+def _wait_idle(driver, timeout: float = 60) -> None:
+    """Wait until Streamlit is not running a script (no 'Running...' status widget)."""
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    time.sleep(0.5)
+    WebDriverWait(driver, timeout, poll_frequency=0.5).until(
+        lambda d: not d.find_elements("css selector", '[data-testid="stStatusWidget"]'))
+
+
+def test_upload_predict_heatmap_in_chromium(server, browser, tmp_path):
+    from selenium.webdriver.common.by import By
+
+    image = tmp_path / "chest_phantom.png"
+    image.write_bytes(chest_png_bytes(512, seed=2))
+    t0 = time.time()
+    browser.get(server)
+    _wait_text(browser, "Diagnose a chest X-ray")
+    _wait_text(browser, "Decision support, not a diagnosis")
+
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    upload = WebDriverWait(browser, 60, poll_frequency=0.5).until(
+        lambda d: d.find_elements(By.CSS_SELECTOR, 'input[type="file"]'))[0]
+    upload.send_keys(str(image))
+    print(f"\n[{time.time() - t0:.1f}s] uploaded")
+    _wait_text(browser, "Calibrated confidence")
+    print(f"[{time.time() - t0:.1f}s] prediction shown")
+    _wait_text(browser, "Image quality")
+    _wait_idle(browser)
+    shot1 = tmp_path / "diagnose_prediction.png"
+    browser.save_screenshot(str(shot1))
+
+    toggle = next(el for el in browser.find_elements(By.CSS_SELECTOR, '[data-testid="stCheckbox"] label, label')
+                  if el.text.strip() == "Heatmap")
+    toggle.click()
+    _wait_text(browser, "CAM method")
+    _wait_idle(browser)
+    body = browser.find_element(By.TAG_NAME, "body").text
+    assert "Heatmap unavailable" not in body
+    assert "Traceback" not in body
+    print(f"[{time.time() - t0:.1f}s] heatmap shown")
+    shot2 = tmp_path / "diagnose_heatmap.png"
+    browser.save_screenshot(str(shot2))
+
+    for page, marker in (("compare", "Per-class precision"),):
+        browser.get(f"{server}/{page}")
+        _wait_text(browser, marker)
+        _wait_idle(browser)
+        browser.save_screenshot(str(tmp_path / f"{page}.png"))
+        print(f"[{time.time() - t0:.1f}s] {page} page")
+        assert "Traceback" not in browser.find_element(By.TAG_NAME, "body").text
+
+    for shot in (shot1, shot2):
+        assert shot.stat().st_size > 20_000
+    print(f"\nscreenshots: {tmp_path}")

@@ -1,0 +1,219 @@
+"""cxr_core.dashboard: tables and figures from model-card JSON, and the viewer's image helpers."""
+
+from __future__ import annotations
+
+import json
+import math
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+
+from app_fixtures import make_card, write_cards, write_detector_files
+from cxr_core import dashboard, settings
+
+
+@pytest.fixture
+def weights(tmp_path, monkeypatch):
+    d = tmp_path / "weights"
+    d.mkdir()
+    monkeypatch.setattr(settings, "WEIGHTS_DIR", d)
+    return d
+
+
+def test_missing_cards_are_not_trained(weights):
+    cards = dashboard.load_cards()
+    assert list(cards) == list(settings.CLASSIFIERS) and all(c is None for c in cards.values())
+    table = dashboard.comparison_table(cards)
+    assert (table["Status"] == dashboard.NOT_TRAINED).all()
+    assert table.filter(like=dashboard.MEASURED).isna().all().all()  # no made-up numbers
+
+
+def test_comparison_table_reads_cards_and_separates_paper_figures(weights):
+    write_cards(weights, ("vbreathnet", "densenet121"), faithful={"densenet121": False})
+    (weights / "vgg16.json").write_text("{not json")  # unreadable card counts as missing
+    cards = dashboard.load_cards()
+    table = dashboard.comparison_table(cards).set_index("Model")
+    assert list(dashboard.COMPARISON_COLUMNS[1:]) == list(table.columns)
+    vb = table.loc["V-BreathNet"]
+    assert vb[f"{dashboard.MEASURED}: params total"] == 790_307
+    assert vb[f"{dashboard.PAPER}: params total"] == 792_291
+    assert vb[f"{dashboard.MEASURED}: test accuracy"] == pytest.approx(0.9)
+    assert vb[f"{dashboard.PAPER}: test accuracy"] == pytest.approx(0.97)
+    assert vb[f"{dashboard.MEASURED}: training time (min)"] == pytest.approx(10.0)
+    assert vb[f"{dashboard.MEASURED}: latency (ms / image)"] == pytest.approx(15.0)
+    assert table.loc["DenseNet121", "Faithful to paper"].startswith("no")
+    assert math.isnan(table.loc["DenseNet121", f"{dashboard.PAPER}: test accuracy"])
+    assert table.loc["VGG16", "Status"] == dashboard.NOT_TRAINED
+    assert dashboard.deviations(cards) == {"DenseNet121": ["FIXTURE: trained for fewer epochs than the paper"]}
+    val = dashboard.comparison_table(cards, "val")
+    assert f"{dashboard.MEASURED}: val accuracy" in val.columns
+
+
+def test_figures_have_one_trace_per_trained_model(weights):
+    write_cards(weights, ("vbreathnet", "mobilenet_v2"))
+    cards = dashboard.load_cards()
+    assert len(dashboard.per_class_figure(cards).data) == 2 * 3  # 2 models x P/R/F1
+    roc = dashboard.roc_figure(cards)
+    assert sum(1 for t in roc.data if t.showlegend is not False) == 2 * 3
+    assert "AUC 0.950" in roc.data[0].name
+    assert len(dashboard.training_curves_figure(cards).data) == 2 * 4
+    assert len(dashboard.tradeoff_figure(cards).data) == 2
+    cm = dashboard.confusion_figure(cards["vbreathnet"], "test", "vbreathnet")
+    z = np.asarray(cm.data[0].z, dtype=float)
+    assert z.shape == (3, 3) and np.allclose(z.sum(axis=1), 1.0)  # row-normalised
+    assert dashboard.reliability_figure(cards["vbreathnet"]).data
+
+
+def test_per_group_table_and_card_summary(weights):
+    write_cards(weights, ("vbreathnet",))
+    cards = dashboard.load_cards()
+    df = dashboard.per_group_table(cards)
+    assert set(df["Grouping"]) == {"source", "age group"}
+    row = df[(df["Group"] == "kermany_paediatric")].iloc[0]
+    assert row["Recall Viral Pneumonia"] == pytest.approx(0.91)
+    assert math.isnan(row["Recall COVID-19"])  # class absent from the group: missing, not 0
+    assert "age" in dashboard.GROUP_NOTE and "source" in dashboard.GROUP_NOTE
+    summary = dict(dashboard.card_summary("vbreathnet", cards["vbreathnet"]).values)
+    assert summary["Parameters (total / trainable)"] == "790,307 / 790,307"
+    assert summary["Initial weights"].startswith("random")
+
+
+def test_detector_files_missing_and_present(weights):
+    files = dashboard.load_detector_files()
+    assert files == {"card": None, "metrics": None, "figures": None}
+    assert dashboard.detector_label(None) == "research preview"
+    write_detector_files(weights)
+    files = dashboard.load_detector_files()
+    assert dashboard.detector_n_images(files["card"], files["figures"]) == 647  # training images, not 15,000
+    assert dashboard.detector_label(files["card"]) == "research preview — trained on 647 images"
+    ap = dashboard.per_class_ap_table(files["metrics"]).set_index("Class")
+    assert ap.loc["Active tuberculosis", "Validated"] == "yes"
+    assert ap.loc["Aortic enlargement", "Validated"].startswith("no")
+    assert math.isnan(ap.loc["Calcification", "AP@0.4"])
+    assert dashboard.headline_detector_metrics(files["metrics"]) == {"mAP@0.4": 0.31, "mAP@0.5": 0.28,
+                                                                     "TB AP@0.4": 0.42}
+    figs = files["figures"]
+    labels = dashboard.label_distribution_table(figs)
+    assert set(labels["dataset"]) == {"VinBigData (all annotations)", "TBX11K"} and len(labels) == 4
+    assert len(dashboard.box_area_figure(figs).data) == 4
+    pva = dashboard.predicted_vs_actual_figure(figs)
+    assert list(pva.data[1].x) == [80, 0]
+    assert dashboard.boxes_per_image_figure(figs) is not None
+    assert "Mean IoU between readers" in dashboard.agreement_table(figs).columns
+    assert dashboard.per_class_ap_figure(files["metrics"]) is not None
+    assert dashboard.detector_limits(files["card"])
+
+
+def test_figures_tolerate_empty_or_odd_inputs():
+    assert dashboard.label_distribution_figure({}) is None
+    assert dashboard.box_area_figure({"box_area": {"per_class": {"X": {"quantile_values": None}}}}) is None
+    assert dashboard.predicted_vs_actual_figure({"predicted_vs_actual": None}) is None
+    assert dashboard.per_class_ap_table({}).empty
+    # dict-of-dicts form is accepted too
+    fig = dashboard.predicted_vs_actual_figure({"predicted_vs_actual": {"A": {"actual": 3, "predicted": 1}}})
+    assert list(fig.data[0].x) == [3]
+
+
+def test_window_level_zoom_and_layers():
+    px = np.linspace(0, 1, 100 * 80, dtype=np.float32).reshape(100, 80)
+    ident = dashboard.window_level(px)
+    assert ident.dtype == np.uint8 and ident.min() == 0 and ident.max() == 255
+    brighter = dashboard.window_level(px, brightness=0.2)
+    assert brighter.mean() > ident.mean()
+    contrasty = dashboard.window_level(px, contrast=2.0)
+    assert (contrasty == 0).sum() > (ident == 0).sum() and (contrasty == 255).sum() > (ident == 255).sum()
+    rgb = dashboard.to_rgb(ident)
+    assert rgb.shape == (100, 80, 3)
+    z = dashboard.zoom(rgb, 2.0, 1.0, 1.0)  # bottom-right corner, kept inside the image
+    assert z.shape == rgb.shape and z[-1, -1, 0] >= rgb[-1, -1, 0] - 2
+    assert dashboard.zoom(rgb, 1.0) is rgb
+    heat = np.zeros((10, 8), np.float32)
+    heat[5:, 4:] = 1.0
+    blended = dashboard.blend_heatmap(rgb, heat, alpha=0.5)
+    assert blended.shape == rgb.shape
+    assert np.array_equal(blended[:40, :30], rgb[:40, :30])  # zero activation leaves the image untouched
+    assert not np.array_equal(blended[80:, 60:], rgb[80:, 60:])
+    mask = np.zeros((100, 80), bool)
+    mask[20:80, 10:40] = True
+    outlined = dashboard.draw_outline(rgb, mask)
+    assert (outlined != rgb).any() and np.array_equal(outlined[50, 25], rgb[50, 25])
+
+
+def test_boxes_helpers():
+    boxes = [SimpleNamespace(x0=100, y0=100, x1=300, y1=300, class_id=14, label="Active tuberculosis",
+                             confidence=0.8, validated=True),
+             SimpleNamespace(x0=10, y0=10, x1=50, y1=60, class_id=0, label="Aortic enlargement",
+                             confidence=0.3, validated=False)]
+    assert [b.label for b in dashboard.filter_boxes(boxes, 0.5)] == ["Active tuberculosis"]
+    assert [b.label for b in dashboard.filter_boxes(boxes, 0.0, ["Aortic enlargement"])] == ["Aortic enlargement"]
+    table = dashboard.boxes_table(boxes)
+    assert list(table["Validated"]) == ["yes", "not validated"]
+    rgb = np.zeros((200, 200, 3), np.uint8)
+    drawn = dashboard.draw_boxes_fallback(rgb, boxes, scale=(0.5, 0.5))
+    assert drawn[50, 100].any() and not drawn[120, 120].any()
+    image = SimpleNamespace(width=200, height=100, meta=SimpleNamespace(original_size=(400, 200)))
+    assert dashboard.box_scale(image) == (0.5, 0.5)
+
+
+def test_probability_figure_and_metadata():
+    fig = dashboard.probability_figure({"covid": 0.1, "normal": 0.7, "viral_pneumonia": 0.2}, "normal")
+    bar = fig.data[0]
+    assert list(bar.y) == ["COVID-19", "Normal", "Viral Pneumonia"] and list(bar.text) == ["10%", "70%", "20%"]
+    assert bar.marker.color[1] != bar.marker.color[0]  # predicted class highlighted
+    assert [dashboard.format_probability(p) for p in (0.999, 0.5, 0.001)] == [">99%", "50%", "<1%"]
+    abst = dashboard.probability_figure({"covid": 0.4, "normal": 0.35, "viral_pneumonia": 0.25}, "covid", True)
+    assert len(set(abst.data[0].marker.color)) == 1  # nothing highlighted when abstaining
+    meta = SimpleNamespace(format="DICOM", modality="DX", view_position="PA", original_size=(2000, 2500),
+                           pixel_spacing=(0.139, 0.139), bit_depth=12, photometric="MONOCHROME2",
+                           downscaled=True, identifiers={"PatientName": "Doe^Jane"})
+    shown = dashboard.clinical_metadata(meta)
+    assert shown["View"] == "PA" and shown["Pixel spacing"] == "0.139 x 0.139 mm" and "PatientName" not in shown
+    assert dashboard.clinical_metadata(meta, include_identifiers=True)["PatientName"] == "Doe^Jane"
+
+
+def test_safe_load_never_raises():
+    from app_fixtures import chest_png_bytes
+
+    image, err = dashboard.safe_load(chest_png_bytes(128), "chest.png")
+    assert err is None and image.pixels.shape == (128, 128)
+    image, err = dashboard.safe_load(b"hello, not an image", "x.png")
+    assert image is None and err and "Traceback" not in err
+    image, err = dashboard.safe_load(b"", "empty.png")
+    assert image is None and "empty" in err
+
+
+def test_readme_section(tmp_path):
+    p = tmp_path / "README.md"
+    p.write_text("# T\n## Known confounds and limitations\n- a\n- b\n## Licences\nCC BY\n")
+    assert dashboard.readme_section(p, "Known confounds") == "- a\n- b"
+    assert dashboard.readme_section(p, "licen") == "CC BY"
+    assert dashboard.readme_section(p, "nothing") is None
+    assert dashboard.readme_section(tmp_path / "missing.md", "x") is None
+
+
+def test_dashboard_does_not_import_streamlit():
+    import ast
+    import inspect
+
+    tree = ast.parse(inspect.getsource(dashboard))
+    names = {a.name for n in ast.walk(tree) if isinstance(n, (ast.Import, ast.ImportFrom)) for a in n.names}
+    mods = {n.module for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)}
+    assert not any("streamlit" in (m or "") for m in names | mods)
+
+
+def test_cards_on_disk_are_valid_json_when_present():
+    """Real cards in weights/ (when training has produced them) must parse into the comparison table."""
+    cards = {n: c for n, c in dashboard.load_cards().items()}
+    table = dashboard.comparison_table(cards)
+    assert len(table) == len(settings.CLASSIFIERS)
+    for name, card in cards.items():
+        if card:
+            json.dumps(card)
+            assert dashboard.split_metrics(card, "test") or card.get("metrics") is not None
+
+
+def test_md_escape_neutralises_markdown():
+    assert dashboard.md_escape("a.png") == "a.png"
+    assert dashboard.md_escape("[x](http://e)") == "\\[x\\](http://e)"
+    assert dashboard.md_escape("**b** <i>") == "\\*\\*b\\*\\* <i>"

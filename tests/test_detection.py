@@ -1,0 +1,354 @@
+"""cxr_core.detection: label fusion/rescaling, dataset preparation (shared subset and the full
+Kaggle DICOM layout), the offline guarantee of ultralytics, evaluation JSON and inference.
+
+Tests that need the real data in ../shared skip with a reason when it is absent. The tiny
+training run trains 1 epoch on 6 real images at 64 px (a few seconds) with every network
+entry point patched to raise.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import socket
+import urllib.request
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from PIL import Image
+
+from conftest import make_dicom
+from cxr_core import settings
+from cxr_core.detection import prepare as P
+
+VINBIG_OK = (settings.VINBIG_DIR / "labels.csv").is_file() and (settings.VINBIG_DIR / "images").is_dir()
+TBX_OK = (settings.TBX11K_DIR / "labels.csv").is_file()
+PRETRAINED_OK = settings.YOLO_PRETRAINED.is_file()
+requires_vinbig = pytest.mark.skipif(
+    not VINBIG_OK, reason=f"VinBigData subset not found at {settings.VINBIG_DIR} (set CXR_SHARED_DIR)"
+)
+requires_training_data = pytest.mark.skipif(
+    not (VINBIG_OK and TBX_OK and PRETRAINED_OK),
+    reason="needs ../shared VinBigData + TBX11K data and the pretrained YOLO checkpoint (set CXR_SHARED_DIR)",
+)
+requires_weights = pytest.mark.skipif(
+    not settings.DETECTOR_WEIGHTS.is_file(), reason=f"no trained detector at {settings.DETECTOR_WEIGHTS}"
+)
+
+
+# --- label transforms --------------------------------------------------------------------------
+
+
+def _rows(boxes):
+    return pd.DataFrame(boxes, columns=["class_id", "rad_id", "x_min", "y_min", "x_max", "y_max"])
+
+
+def test_wbf_fuses_three_radiologists_into_one_box():
+    rows = _rows([
+        (3, "R1", 100, 200, 300, 400),
+        (3, "R2", 110, 210, 310, 410),
+        (3, "R3", 90, 190, 290, 390),
+        (3, "R2", 800, 800, 900, 900),  # same class, elsewhere: stays separate
+        (7, "R1", 105, 205, 305, 405),  # other class on the same spot: never fused across classes
+        (14, "R3", np.nan, np.nan, np.nan, np.nan),  # "No finding" row: ignored
+    ])
+    fused = P.fuse_radiologists(rows, width=1000, height=1000, iou_thr=0.6)
+    assert [b.class_id for b in fused] == [3, 3, 7]
+    main = fused[0]
+    assert (main.x0, main.y0, main.x1, main.y1) == pytest.approx((100, 200, 300, 400), abs=0.5)
+    assert (fused[1].x0, fused[1].y0) == pytest.approx((800, 800), abs=0.5)
+    assert (fused[2].x0, fused[2].x1) == pytest.approx((105, 305), abs=0.5)
+
+
+def test_wbf_keeps_non_overlapping_boxes_and_handles_empty():
+    rows = _rows([(10, "R1", 0, 0, 100, 100), (10, "R2", 500, 500, 700, 700)])
+    assert len(P.fuse_radiologists(rows, 1000, 1000)) == 2
+    assert P.fuse_radiologists(_rows([(14, "R1", np.nan, np.nan, np.nan, np.nan)]), 1000, 1000) == []
+
+
+def test_rescale_and_yolo_lines():
+    boxes = [P.LabeledBox(2, 1000, 500, 2000, 1500), P.LabeledBox(1, -10, 2900, 50, 3500)]
+    out = P.rescale_boxes(boxes, orig_size=(3000, 3000), stored_size=(512, 512))
+    assert out[0].x0 == pytest.approx(1000 * 512 / 3000)
+    assert out[0].y1 == pytest.approx(1500 * 512 / 3000)
+    assert out[1].x0 == 0 and out[1].y1 == 512  # clipped to the image
+    line = P.yolo_lines([P.LabeledBox(5, 0, 0, 256, 128)], (512, 256))[0].split()
+    assert line[0] == "5" and [float(v) for v in line[1:]] == pytest.approx([0.25, 0.25, 0.5, 0.5])
+
+
+def test_hash_split_is_deterministic_and_roughly_80_10_10():
+    ids = [f"img{i}" for i in range(2000)]
+    splits = [P.hash_split(i) for i in ids]
+    assert splits == [P.hash_split(i) for i in ids]
+    frac = {s: splits.count(s) / len(ids) for s in P.SPLITS}
+    assert 0.75 < frac["train"] < 0.85 and 0.07 < frac["val"] < 0.13 and 0.07 < frac["test"] < 0.13
+
+
+# --- dataset preparation ---------------------------------------------------------------------
+
+
+@requires_vinbig
+def test_prepare_shared_no_finding_images_get_empty_labels(tmp_path):
+    info = P.prepare_shared(tmp_path / "ds", settings.VINBIG_DIR, tbx_dir=None)
+    labels = pd.read_csv(settings.VINBIG_DIR / "labels.csv")
+    per_image = labels.groupby("image_id")
+    assert sum(info["splits"][s]["images"] for s in P.SPLITS) == per_image.ngroups == 12
+    for image_id, rows in per_image:
+        split = rows["split"].iloc[0]
+        lbl = tmp_path / "ds" / "labels" / split / f"{image_id}.txt"
+        img = tmp_path / "ds" / "images" / split / f"{image_id}.jpg"
+        assert lbl.is_file() and img.exists()
+        text = lbl.read_text()
+        if (rows["class_id"] == 14).all():
+            assert text == ""  # background image
+        else:
+            lines = [line.split() for line in text.splitlines()]
+            assert lines and all(len(v) == 5 and 0 <= int(v[0]) < 14 for v in lines)
+            assert all(0 <= float(x) <= 1 for v in lines for x in v[1:])
+            # fusion: never more boxes than the radiologists drew, usually fewer
+            assert len(lines) <= (rows["class_id"] != 14).sum()
+    assert info["splits"]["test"]["images"] == 1 and info["splits"]["val"]["images"] == 1
+    data = (tmp_path / "ds" / "data.yaml").read_text()
+    assert "Active tuberculosis" in data and "Pulmonary fibrosis" in data
+
+
+def _kaggle_folder(root: Path, ids: list[str]) -> pd.DataFrame:
+    """A tiny fake Kaggle download built from real images: train.csv + train/<id>.dicom.
+
+    DICOMs are written at twice the JPEG size as 12-bit data with a VOI window, one of them
+    MONOCHROME1 (inverted), and train.csv holds the boxes rescaled to the DICOM's pixels."""
+    labels = pd.read_csv(settings.VINBIG_DIR / "labels.csv")
+    (root / "train").mkdir(parents=True)
+    rows = []
+    for k, image_id in enumerate(ids):
+        jpg = np.asarray(Image.open(settings.VINBIG_DIR / "images" / f"{image_id}.jpg").convert("L"))
+        big = np.asarray(Image.fromarray(jpg).resize((jpg.shape[1] * 2, jpg.shape[0] * 2), Image.BILINEAR))
+        px = big.astype(np.uint16) * 16  # 12-bit range
+        mono1 = k == 0
+        if mono1:
+            px = 4095 - px
+        (root / "train" / f"{image_id}.dicom").write_bytes(
+            make_dicom(px, photometric="MONOCHROME1" if mono1 else "MONOCHROME2", bits_stored=12,
+                       WindowCenter=2048, WindowWidth=4096)
+        )
+        sub = labels[labels["image_id"] == image_id]
+        fx = big.shape[1] / sub["orig_width"].iloc[0]
+        fy = big.shape[0] / sub["orig_height"].iloc[0]
+        for r in sub.itertuples():
+            rows.append(dict(image_id=image_id, class_name=r.class_name, class_id=r.class_id, rad_id=r.rad_id,
+                             x_min=r.x_min * fx, y_min=r.y_min * fy, x_max=r.x_max * fx, y_max=r.y_max * fy))
+    df = pd.DataFrame(rows)
+    df.to_csv(root / "train.csv", index=False)
+    return labels
+
+
+@requires_vinbig
+def test_prepare_kaggle_dicom_layout_end_to_end(tmp_path):
+    labels = pd.read_csv(settings.VINBIG_DIR / "labels.csv")
+    abnormal = sorted(labels.loc[labels["class_id"] != 14, "image_id"].unique())[:2]
+    normal = sorted(labels.loc[labels["class_id"] == 14, "image_id"].unique())[:1]
+    ids = abnormal + normal
+    _kaggle_folder(tmp_path / "kaggle", ids)
+    assert P.is_kaggle_layout(tmp_path / "kaggle")
+    out = tmp_path / "ds"
+    info = P.prepare_kaggle(tmp_path / "kaggle", out, tbx_dir=None, side=512)
+    shared = P.prepare_shared(tmp_path / "shared_ds", settings.VINBIG_DIR, tbx_dir=None)
+    assert sum(info["splits"][s]["images"] for s in P.SPLITS) == 3
+    assert shared["splits"]["train"]["images"] == 10
+    for image_id in ids:
+        split = P.hash_split(image_id)
+        img = out / "images" / split / f"{image_id}.jpg"
+        lbl = out / "labels" / split / f"{image_id}.txt"
+        assert img.exists() and lbl.is_file()
+        stored = np.asarray(Image.open(img).convert("L"), np.float32)
+        ref = np.asarray(Image.open(settings.VINBIG_DIR / "images" / f"{image_id}.jpg").convert("L"), np.float32)
+        assert stored.shape == ref.shape  # long side 512, aspect kept
+        # VOI LUT + MONOCHROME1 handled by cxr_core.io: the picture is the original one, not inverted
+        assert np.corrcoef(stored.ravel(), ref.ravel())[0, 1] > 0.95
+        got = sorted(lbl.read_text().splitlines())
+        ref_split = labels.loc[labels["image_id"] == image_id, "split"].iloc[0]
+        want = sorted((tmp_path / "shared_ds" / "labels" / ref_split / f"{image_id}.txt").read_text().splitlines())
+        assert len(got) == len(want)
+        for g, w in zip(got, want):  # same fused boxes as the shared path, up to rounding
+            g, w = g.split(), w.split()
+            assert g[0] == w[0] and [float(x) for x in g[1:]] == pytest.approx([float(x) for x in w[1:]], abs=0.01)
+        if image_id in normal:
+            assert got == []
+    # a second run reuses the converted JPEGs (resume)
+    again = P.prepare_kaggle(tmp_path / "kaggle", out, tbx_dir=None, side=512)
+    assert again["splits"] == info["splits"]
+
+
+def test_cli_help_lists_commands(capsys):
+    from cxr_core.detection.__main__ import main
+
+    with pytest.raises(SystemExit):
+        main(["--help"])
+    text = capsys.readouterr().out
+    for cmd in ("prepare", "train", "evaluate", "figures", "detect"):
+        assert cmd in text
+
+
+# --- offline guarantee + a tiny real training run ---------------------------------------------
+
+
+class _NetworkUsed(AssertionError):
+    pass
+
+
+def _deny_network(mp: pytest.MonkeyPatch) -> list:
+    """Patch every way ultralytics could reach the network to raise; returns the list of attempts."""
+    calls: list = []
+
+    def _deny(name):
+        def f(*a, **k):
+            calls.append((name, repr(a[:2])))
+            raise _NetworkUsed(f"network call attempted: {name} {a[:2]}")
+
+        return f
+
+    mp.setattr(socket.socket, "connect", _deny("socket.connect"))
+    mp.setattr(socket.socket, "connect_ex", _deny("socket.connect_ex"))
+    mp.setattr(socket, "create_connection", _deny("socket.create_connection"))
+    mp.setattr(socket, "getaddrinfo", _deny("socket.getaddrinfo"))
+    mp.setattr(urllib.request, "urlopen", _deny("urllib.urlopen"))
+    try:
+        import requests
+
+        mp.setattr(requests.Session, "request", _deny("requests"))
+    except ImportError:  # pragma: no cover
+        pass
+    return calls
+
+
+@pytest.fixture
+def no_network(monkeypatch):
+    return _deny_network(monkeypatch)
+
+
+def _tiny_dataset(root: Path) -> Path:
+    """6 real images (4 TBX11K train, 1 val, 1 test) linked from the prepared layout."""
+    tb = pd.read_csv(settings.TBX11K_DIR / "labels.csv")
+    picks = {"train": sorted(tb.loc[tb.split == "train", "image_id"].unique())[:4],
+             "val": sorted(tb.loc[tb.split == "val", "image_id"].unique())[:1],
+             "test": sorted(tb.loc[tb.split == "test", "image_id"].unique())[:1]}
+    for split, ids in picks.items():
+        for image_id in ids:
+            rows = tb[tb.image_id == image_id]
+            src = settings.TBX11K_DIR / "images" / f"{image_id}.jpg"
+            stored = Image.open(src).size
+            boxes = [P.LabeledBox(P.TB_SOURCE_TO_ID[r.source_class], r.x_min, r.y_min, r.x_max, r.y_max)
+                     for r in rows.itertuples()]
+            boxes = P.rescale_boxes(boxes, (rows.orig_width.iloc[0], rows.orig_height.iloc[0]), stored)
+            P._link(src, root / "images" / split / f"{image_id}.jpg")
+            P._write_label(root, split, image_id, P.yolo_lines(boxes, stored))
+    return P.write_data_yaml(root)
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory):
+    """Train 1 epoch at 64 px on the tiny set, with all network access patched to raise."""
+    if not (TBX_OK and PRETRAINED_OK):
+        pytest.skip("needs ../shared TBX11K data and the pretrained YOLO checkpoint (set CXR_SHARED_DIR)")
+    mp = pytest.MonkeyPatch()
+    calls = _deny_network(mp)
+    root = tmp_path_factory.mktemp("tiny")
+    data = _tiny_dataset(root / "ds")
+    from cxr_core.detection import train as T
+
+    try:
+        rdir = T.train(None, data=str(data), project=str(root / "runs"), name="tiny", epochs=1, imgsz=64,
+                       batch=4, cache=False, time=None)
+        weights = T.export(rdir, root / "detector.pt", select=False)
+        YOLO = __import__("cxr_core.detection.detect", fromlist=["x"]).ultralytics_offline()
+        res = YOLO(str(weights)).predict(str(next((root / "ds" / "images" / "test").iterdir())),
+                                         imgsz=64, device="cpu", verbose=False)
+    finally:
+        mp.undo()
+    return {"weights": weights, "data": data, "calls": calls, "results": res, "run": rdir}
+
+
+def test_train_and_predict_make_no_network_call(tiny_run):
+    assert tiny_run["calls"] == []
+    assert tiny_run["weights"].is_file() and tiny_run["weights"].stat().st_size < 25 * 2**20
+    assert len(tiny_run["results"]) == 1
+    import ultralytics.utils
+
+    assert ultralytics.utils.ONLINE is False
+    from ultralytics import settings as us
+
+    assert us["sync"] is False
+
+
+def test_evaluate_json_fields_on_tiny_set(tiny_run, no_network):
+    from cxr_core.detection.evaluate import evaluate
+
+    m = evaluate(tiny_run["weights"], split="test", data=tiny_run["data"], conf=0.25, imgsz=64)
+    for key in ("map40", "map50", "tb_ap40", "per_class", "precision", "recall", "f1", "n_images", "threshold",
+                "validated_classes"):
+        assert key in m
+    assert m["n_images"] == 1 and m["threshold"] == 0.25
+    assert m["iou_thresholds"] == [0.4, 0.5]
+    names = [row["name"] for row in m["per_class"]]
+    assert names == list(settings.DETECTOR_CLASSES)  # every class reported, none hidden
+    for row in m["per_class"]:
+        assert {"support_boxes", "support_images", "ap40", "ap50", "validated"} <= set(row)
+        if row["support_boxes"] == 0:
+            assert row["ap40"] is None and row["validated"] is False
+        else:
+            assert 0.0 <= row["ap40"] <= 1.0
+    assert 0.0 <= m["map40"] <= 1.0 and 0.0 <= m["tb_ap40"] <= 1.0
+    json.dumps(m)  # serialisable
+    assert no_network == []
+
+
+# --- inference API ---------------------------------------------------------------------------
+
+
+def test_draw_boxes_colours_and_shape():
+    from cxr_core.detection import Box, class_colour, draw_boxes
+
+    rgb = np.zeros((200, 300, 3), np.uint8)
+    boxes = [Box(10, 20, 120, 150, 14, "Active tuberculosis", 0.87, True),
+             Box(150, 30, 290, 190, 3, "Cardiomegaly", 0.4, False)]
+    out = draw_boxes(rgb, boxes)
+    assert out.shape == rgb.shape and out.dtype == np.uint8 and rgb.sum() == 0  # input untouched
+    assert out.sum() > 0
+    assert class_colour(14) == class_colour(14) and class_colour(14) != class_colour(3)
+    assert tuple(out[100, 10]) == class_colour(14)  # left edge of the first box
+
+
+@requires_weights
+@requires_vinbig
+def test_detect_on_real_image_returns_boxes_in_original_coordinates():
+    from cxr_core.detection import Box, detect, load_detector
+    from cxr_core.io import load_image
+
+    assert load_detector() is load_detector()  # cached once per process
+    tb_img = sorted((settings.TBX11K_DIR / "images").glob("*.jpg"))[0] if TBX_OK else None
+    path = settings.VINBIG_DIR / "images" / "0c7a38f293d5f5e4846aa4ca6db4daf1.jpg"
+    for p in [path] + ([tb_img] if tb_img else []):
+        img = load_image(p)
+        boxes = detect(img, conf=0.01)
+        w, h = img.meta.original_size
+        assert all(isinstance(b, Box) for b in boxes)
+        for b in boxes:
+            assert -1 <= b.x0 < b.x1 <= w + 1 and -1 <= b.y0 < b.y1 <= h + 1
+            assert 0.01 <= b.confidence <= 1 and b.label == settings.DETECTOR_CLASSES[b.class_id]
+            assert isinstance(b.validated, bool)
+        only_tb = detect(img, conf=0.01, classes=list(settings.TB_CLASSES))
+        assert all(b.label in settings.TB_CLASSES for b in only_tb)
+    with pytest.raises(ValueError):
+        detect(img, classes=["not a class"])
+
+
+@requires_weights
+def test_model_card_is_honest():
+    card = json.loads(settings.DETECTOR_CARD.read_text())
+    assert card["data"]["vinbigdata_images_per_split"]["train"] <= 12
+    assert any("VinBigData" in line for line in card["limitations"])
+    assert "tb_ap40" in card["metrics_test"] and card["code_version"]
+    assert set(card["validated_classes"]) <= set(settings.DETECTOR_CLASSES)
+    assert settings.DETECTOR_WEIGHTS.stat().st_size < 25 * 2**20
