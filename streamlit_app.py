@@ -15,7 +15,7 @@ if str(ROOT) not in sys.path:  # `streamlit run` adds it; AppTest and other laun
 import streamlit as st  # noqa: E402
 
 from cxr_core import settings  # noqa: E402
-from pages._common import run_page  # noqa: E402
+from pages._common import configure_torch, run_page  # noqa: E402
 
 st.set_page_config(
     page_title="CXR decision support",
@@ -31,6 +31,7 @@ PAGES = [
     st.Page("pages/detector.py", title="Detector & data", icon=":material/center_focus_strong:", url_path="detector"),
     st.Page("pages/about.py", title="About & model cards", icon=":material/info:", url_path="about"),
 ]
+configure_torch()
 page = st.navigation(PAGES)
 
 # Shared sidebar, drawn before the page runs so it shows even when a page stops early (st.stop).

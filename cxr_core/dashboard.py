@@ -1,5 +1,5 @@
 """Pure helpers behind the Streamlit pages: model cards -> tables and plotly figures, plus the
-small image operations of the viewer (window/level, zoom, layer blending).
+small image operations of the viewer (window/level, zoom, lung outline).
 
 Nothing here imports streamlit, so every number the app shows can be checked from a notebook or
 a test. All figures come from the JSON files in ``settings.WEIGHTS_DIR``; no metric is written in
@@ -687,20 +687,6 @@ def _resize(arr: np.ndarray, shape: tuple[int, int], nearest: bool = False) -> n
     return cv2.resize(arr, (shape[1], shape[0]), interpolation=interp)
 
 
-def blend_heatmap(rgb: np.ndarray, heat: np.ndarray, alpha: float = 0.4, colormap: str = "jet") -> np.ndarray:
-    """Colour-mapped heatmap over an RGB uint8 image; weak activations fade out instead of tinting."""
-    import cv2
-
-    h = np.clip(np.nan_to_num(np.asarray(heat, dtype=np.float32)), 0.0, 1.0)
-    h = _resize(h, rgb.shape[:2])
-    cmap = {"jet": cv2.COLORMAP_JET, "inferno": cv2.COLORMAP_INFERNO, "turbo": cv2.COLORMAP_TURBO,
-            "viridis": cv2.COLORMAP_VIRIDIS}.get(colormap, cv2.COLORMAP_JET)
-    coloured = cv2.cvtColor(cv2.applyColorMap(np.rint(h * 255).astype(np.uint8), cmap), cv2.COLOR_BGR2RGB)
-    a = (float(alpha) * np.clip(h * 1.5, 0.0, 1.0))[..., None]  # low activation -> nearly transparent
-    out = rgb.astype(np.float32) * (1 - a) + coloured.astype(np.float32) * a
-    return np.clip(np.rint(out), 0, 255).astype(np.uint8)
-
-
 def draw_outline(rgb: np.ndarray, mask: np.ndarray, colour: tuple[int, int, int] = (0, 200, 255),
                  thickness: int | None = None) -> np.ndarray:
     """Draw the contour of a boolean mask (resized to the image) onto a copy of an RGB image."""
@@ -711,32 +697,6 @@ def draw_outline(rgb: np.ndarray, mask: np.ndarray, colour: tuple[int, int, int]
     out = np.ascontiguousarray(rgb.copy())
     t = thickness or max(1, round(max(rgb.shape[:2]) / 400))
     cv2.drawContours(out, contours, -1, colour, t, lineType=cv2.LINE_AA)
-    return out
-
-
-def draw_boxes_fallback(rgb: np.ndarray, boxes: Iterable[Any],
-                        scale: tuple[float, float] | None = None) -> np.ndarray:
-    """Boxes with labels; unvalidated classes drawn in amber and marked "(not validated)".
-
-    Boxes are in original-image pixels; `scale` = (rgb_w / original_w, rgb_h / original_h).
-    """
-    import cv2
-
-    out = np.ascontiguousarray(rgb.copy())
-    sx, sy = scale or (1.0, 1.0)
-    t = max(1, round(max(rgb.shape[:2]) / 350))
-    fs = max(0.4, max(rgb.shape[:2]) / 1400)
-    for b in boxes:
-        validated = bool(getattr(b, "validated", False))
-        colour = (220, 50, 50) if validated else (255, 176, 0)
-        p0 = (int(round(b.x0 * sx)), int(round(b.y0 * sy)))
-        p1 = (int(round(b.x1 * sx)), int(round(b.y1 * sy)))
-        cv2.rectangle(out, p0, p1, colour, t, lineType=cv2.LINE_AA)
-        text = f"{b.label} {b.confidence:.2f}" + ("" if validated else " (not validated)")
-        (tw, th), _ = cv2.getTextSize(text, cv2.FONT_HERSHEY_SIMPLEX, fs, 1)
-        y = max(th + 4, p0[1])
-        cv2.rectangle(out, (p0[0], y - th - 4), (p0[0] + tw + 4, y), colour, -1)
-        cv2.putText(out, text, (p0[0] + 2, y - 3), cv2.FONT_HERSHEY_SIMPLEX, fs, (0, 0, 0), 1, cv2.LINE_AA)
     return out
 
 
@@ -897,3 +857,32 @@ _MD_SPECIAL = set("\\`*_[]~$|#")  # HTML is already off in st.markdown
 def md_escape(text: Any) -> str:
     """Escape Markdown so file names and DICOM values are shown as plain text (no links, no formatting)."""
     return "".join("\\" + ch if ch in _MD_SPECIAL else ch for ch in str(text))
+
+
+# --- markdown summary for the README -------------------------------------------------------------
+
+
+def markdown_table(df: pd.DataFrame, decimals: int = 3) -> str:
+    """A GitHub-markdown table; floats rounded, missing values as '—'."""
+
+    def cell(v: Any) -> str:
+        if isinstance(v, float):
+            return "—" if math.isnan(v) else (f"{v:,.0f}" if abs(v) >= 1000 else f"{v:.{decimals}f}")
+        return md_escape(v) if v not in (None, "") else "—"
+
+    lines = ["| " + " | ".join(map(str, df.columns)) + " |", "|" + "---|" * len(df.columns)]
+    lines += ["| " + " | ".join(cell(v) for v in row) + " |" for row in df.itertuples(index=False)]
+    return "\n".join(lines)
+
+
+def main() -> None:
+    """`python -m cxr_core.dashboard`: the comparison and per-group tables as markdown (for the README)."""
+    cards = load_cards()
+    print("### Classifiers on the cxr3 test split\n")
+    print(markdown_table(comparison_table(cards).drop(columns=["Status"])))
+    print("\n### Per source / age group (test split)\n")
+    print(markdown_table(per_group_table(cards)))
+
+
+if __name__ == "__main__":
+    main()

@@ -320,12 +320,17 @@ def colorize(heat: np.ndarray, colormap: str = "jet") -> np.ndarray:
 
 
 def overlay(
-    image: CXRImage | np.ndarray, heatmap: Heatmap | np.ndarray, alpha: float = 0.4, colormap: str = "jet"
+    image: CXRImage | np.ndarray,
+    heatmap: Heatmap | np.ndarray,
+    alpha: float = 0.4,
+    colormap: str = "jet",
+    fade: bool = False,
 ) -> np.ndarray:
     """The radiograph with the coloured heatmap blended on top: RGB uint8 (H, W, 3).
 
     `alpha` is the heatmap's weight (0 = image only, 1 = heatmap only). A map of another size
-    is resized to the image.
+    is resized to the image. With `fade`, weak activations become transparent so the film
+    stays readable outside the highlighted regions (the app's viewer uses this).
     """
     if not 0.0 <= alpha <= 1.0:
         raise ValueError(f"alpha must be in [0, 1], got {alpha}")
@@ -335,8 +340,11 @@ def overlay(
     if heat.shape != (h, w):
         heat = cv2.resize(heat.astype(np.float32), (w, h), interpolation=cv2.INTER_LINEAR)
     colour = colorize(heat, colormap)
-    out = cv2.addWeighted(base, 1.0 - alpha, colour, alpha, 0.0)
-    return np.ascontiguousarray(out, dtype=np.uint8)
+    if not fade:
+        return np.ascontiguousarray(cv2.addWeighted(base, 1.0 - alpha, colour, alpha, 0.0), dtype=np.uint8)
+    a = (alpha * np.clip(np.nan_to_num(heat) * 1.5, 0.0, 1.0))[..., None]
+    out = base.astype(np.float32) * (1.0 - a) + colour.astype(np.float32) * a
+    return np.clip(np.rint(out), 0, 255).astype(np.uint8)
 
 
 def save_overlay(path: str | Path, rgb: np.ndarray) -> Path:

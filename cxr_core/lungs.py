@@ -355,6 +355,19 @@ def lung_fields(mask: LungMask | np.ndarray) -> list[_Component]:
     return [first]
 
 
+def _has_mediastinum(m: np.ndarray, f: _Component) -> bool:
+    """A region holding both lungs has a gap (mediastinum) in the middle of its upper half."""
+    top = m[f.y0 : f.y0 + max(1, f.h // 2), f.x0 : f.x1]
+    if top.size == 0:
+        return False
+    cols = top.mean(axis=0)
+    n = cols.size
+    centre = cols[int(0.42 * n) : max(int(0.42 * n) + 1, int(0.58 * n))].mean()
+    lateral = (cols[int(0.15 * n) : max(int(0.15 * n) + 1, int(0.35 * n))].mean()
+               + cols[int(0.65 * n) : max(int(0.65 * n) + 1, int(0.85 * n))].mean()) / 2
+    return lateral > 0.3 and centre < 0.5 * lateral
+
+
 def lung_plausibility(mask: LungMask | np.ndarray) -> tuple[bool, str]:
     """Is this what the lungs of a frontal chest X-ray look like? -> (plausible, reason).
 
@@ -376,11 +389,13 @@ def lung_plausibility(mask: LungMask | np.ndarray) -> tuple[bool, str]:
         return False, "only small fragments were segmented; no lung field found"
     if len(fields) == 2:
         a, b = fields
+        if a.h < 0.8 * a.w:  # lung fields are taller than wide; a rotated image gives wide bands
+            return False, "the lung fields are wider than tall (image rotated or not a frontal CXR?)"
         if max(a.area, b.area) / min(a.area, b.area) > 6:
             return True, "two lung fields of very different size (one may be collapsed or opacified)"
         return True, "two lung fields side by side"
     f = fields[0]
-    if f.w >= 0.45 * w and f.x0 < w / 2 < f.x1 and f.h >= 0.3 * h and f.h >= 0.6 * f.w:
+    if f.w >= 0.45 * w and f.x0 < w / 2 < f.x1 and f.h >= 0.3 * h and f.h >= 0.6 * f.w and _has_mediastinum(m, f):
         return True, "both lung fields found, joined into one region"
     lateral = abs(f.cx - w / 2) >= 0.1 * w
     if lateral and f.h >= 0.25 * h and f.h >= 1.1 * f.w and f.area >= 0.04:
@@ -649,7 +664,7 @@ def train(
     state = {"epoch": 0, "step": 0, "best_dice": -1.0, "best_epoch": -1, "history": [], "train_seconds": 0.0}
     last = run_dir / "last.pt"
     if resume and last.is_file():
-        ck = torch.load(last, map_location="cpu", weights_only=False)
+        ck = torch.load(last, map_location="cpu", weights_only=True)
         model.load_state_dict(ck["model"])
         opt.load_state_dict(ck["optimizer"])
         state = ck["state"]

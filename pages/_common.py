@@ -23,6 +23,16 @@ def optional_module(name: str) -> ModuleType | None:
         return None
 
 
+@st.cache_resource(show_spinner=False)
+def configure_torch() -> None:
+    """One thread count for the whole server (settings.TORCH_THREADS), set once per process."""
+    import torch
+
+    from cxr_core import settings
+
+    torch.set_num_threads(settings.TORCH_THREADS)
+
+
 @st.cache_resource(show_spinner="Loading the classifier...")
 def get_classifier(name: str) -> Any:
     from cxr_core.models import load_classifier

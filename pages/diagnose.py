@@ -306,7 +306,7 @@ def main() -> None:
                 lambda: explain_mod.explain(clf, image, target=target, method=heat_method, lung_mask=lung_mask),
             )
             if h_status == "ok":
-                composite = dashboard.blend_heatmap(composite, h_value.map, alpha)
+                composite = explain_mod.overlay(composite, h_value.map, alpha, fade=True)
                 frac = getattr(h_value, "lung_fraction", None)
                 notes_heat = (f"Heatmap ({_method_label(method_info, heat_method)}) for "
                               f"**{dashboard.class_label(target)}**: warm colours mark the regions that most raised "
@@ -342,8 +342,10 @@ def main() -> None:
             det_card = det_files["card"]
             det_label = dashboard.detector_label(det_card, det_files["figures"])
             b1, b2 = st.columns([1, 2])
-            det_conf = b1.slider("Box confidence threshold", 0.05, 0.95, float(settings.DETECTOR_CONF), 0.05,
-                                 key="dx_box_conf")
+            default_conf = float((det_card or {}).get("operating_threshold", settings.DETECTOR_CONF))
+            det_conf = b1.slider("Box confidence threshold", 0.05, 0.95, round(default_conf, 2), 0.01,
+                                 key="dx_box_conf",
+                                 help="Default: the threshold with the best F1 on the detector's validation split.")
 
             def _detect():
                 det = get_detector()
@@ -355,10 +357,7 @@ def main() -> None:
                 classes = b2.multiselect("Findings to show", found, default=found, key=f"dx_box_cls_{digest[:8]}")
                 shown_boxes = dashboard.filter_boxes(d_value, det_conf, classes)
                 scale = dashboard.box_scale(image)
-                try:
-                    composite = detection_mod.draw_boxes(composite, shown_boxes, scale=scale)
-                except Exception:
-                    composite = dashboard.draw_boxes_fallback(composite, shown_boxes, scale)
+                composite = detection_mod.draw_boxes(composite, shown_boxes, scale=scale)
             else:
                 st.warning(f"Abnormality detector unavailable: {d_value}", icon=":material/warning:")
 

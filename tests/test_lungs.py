@@ -122,6 +122,15 @@ def test_plausibility_rules():
     ok, reason = lungs.lung_plausibility(np.zeros((100, 100), bool))
     assert not ok and "no lung" in reason
     assert not lungs.lung_plausibility(np.ones((100, 100), bool))[0]
+    blob = np.zeros((300, 300), bool)
+    blob[40:260, 30:270] = True  # one solid region, no mediastinum: not two joined lungs
+    assert not lungs.lung_plausibility(blob)[0]
+    joined = _two_lungs()
+    joined[250:330, 150:210] = True  # lungs touching below the heart, gap above
+    assert lungs.lung_plausibility(joined)[0]
+    wide = np.zeros((400, 360), bool)
+    wide[150:220, 20:170] = wide[150:220, 190:340] = True  # side by side but wide bands (rotated)
+    assert not lungs.lung_plausibility(wide)[0]
     specks = np.zeros((200, 200), bool)
     specks[::20, ::20] = True
     assert not lungs.lung_plausibility(specks)[0]

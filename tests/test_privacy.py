@@ -294,18 +294,9 @@ def _torch_load_calls() -> dict[str, list[tuple[int, bool]]]:
 
 
 _CALLS = _torch_load_calls()
-# Known offender, reported to the lead: cxr_core/lungs.py resumes training with weights_only=False
-# although the checkpoint holds only tensors, dicts, lists and numbers (weights_only=True loads it).
-_KNOWN_UNSAFE = {"cxr_core/lungs.py"}
 
 
-@pytest.mark.parametrize(
-    "path",
-    [pytest.param(p, marks=pytest.mark.xfail(
-        strict=True, reason="lungs.py train(resume=True) calls torch.load(last, weights_only=False); "
-        "fix: weights_only=True (the resume checkpoint holds only tensors, dicts, lists and numbers)"))
-     if p in _KNOWN_UNSAFE else p for p in sorted(_CALLS)],
-)
+@pytest.mark.parametrize("path", sorted(_CALLS))
 def test_every_torch_load_is_weights_only(path):
     unsafe = [line for line, ok in _CALLS[path] if not ok]
     assert not unsafe, f"{path}: torch.load without weights_only=True at line(s) {unsafe}"

@@ -112,10 +112,7 @@ def _card(path: Path) -> dict:
 
 @functools.lru_cache(maxsize=4)
 def _load(path: str):
-    import torch
-
     YOLO = ultralytics_offline()
-    torch.set_num_threads(max(1, settings.TORCH_THREADS))
     p = Path(path)
     if not p.is_file():
         raise FileNotFoundError(
