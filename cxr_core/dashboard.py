@@ -178,6 +178,30 @@ def deviations(cards: Mapping[str, Mapping[str, Any] | None]) -> dict[str, list[
     return out
 
 
+ABLATIONS_DIR = "ablations"
+
+
+def load_ablations() -> dict[str, dict[str, Any]]:
+    """Ablation model cards (weights/ablations/<model>.json), keyed by model name; pairs with the main card."""
+    folder = weights_dir() / ABLATIONS_DIR
+    out: dict[str, dict[str, Any]] = {}
+    for path in sorted(folder.glob("*.json")) if folder.is_dir() else []:
+        card = read_json(path)
+        if card:
+            out[path.stem] = card
+    return out
+
+
+def ablation_pairs(cards: Mapping[str, Mapping[str, Any] | None]) -> dict[str, dict[str, Mapping[str, Any]]]:
+    """For each ablation, {label: card} for the shipped model and its variant, same split and training."""
+    pairs = {}
+    for name, variant in load_ablations().items():
+        base = cards.get(name)
+        if base:
+            pairs[name] = {f"{name}": base, f"{name} (variant)": variant}
+    return pairs
+
+
 def trained(cards: Mapping[str, Mapping[str, Any] | None]) -> dict[str, Mapping[str, Any]]:
     return {n: c for n, c in cards.items() if c}
 

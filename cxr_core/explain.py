@@ -17,7 +17,7 @@ what the library does not know about our pipeline:
   same model at once would read each other's activations (Streamlit serves sessions in threads).
 
 Sanity checks after Adebayo et al. (2018), "Sanity Checks for Saliency Maps":
-``python -m cxr_core.explain sanity --n 30 --out weights/explain_sanity.json`` writes
+``python -m cxr_core.explain sanity --n 30 --model NAME`` writes weights/explain_sanity_NAME.json:
 (a) the Spearman rank correlation between heatmaps of the trained network and the same
 architecture with random weights (low = the map depends on what the model learned) and
 (b) a deletion curve: deleting the most salient pixels first should lower the predicted-class
@@ -591,12 +591,25 @@ def _layer_name(clf: Classifier) -> str:
     return type(layer).__name__
 
 
+def sanity_path(model: str) -> Path:
+    return settings.WEIGHTS_DIR / f"explain_sanity_{model}.json"
+
+
+def sanity_result(model: str) -> dict[str, Any] | None:
+    """The last sanity run for this model (written by `python -m cxr_core.explain sanity`), if any."""
+    path = sanity_path(model)
+    try:
+        return json.loads(path.read_text()) if path.is_file() else None
+    except (OSError, json.JSONDecodeError):
+        return None
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m cxr_core.explain", description=__doc__.split("\n")[0])
     sub = parser.add_subparsers(dest="cmd", required=True)
     san = sub.add_parser("sanity", help="model-randomisation and deletion-curve sanity checks")
     san.add_argument("--n", type=int, default=30, help="number of cxr3 test images (class-balanced)")
-    san.add_argument("--out", type=Path, default=settings.WEIGHTS_DIR / "explain_sanity.json")
+    san.add_argument("--out", type=Path, default=None, help="default: weights/explain_sanity_<model>.json")
     san.add_argument("--model", default=settings.DEFAULT_CLASSIFIER, choices=settings.CLASSIFIERS)
     san.add_argument("--method", default=DEFAULT_METHOD, choices=list(METHODS))
     san.add_argument("--steps", type=int, default=20)
@@ -625,6 +638,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             result["weights_source"] = str(src)
             result["weights_modified"] = time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(Path(src).stat().st_mtime))
             result["input_size"] = (clf or load_classifier(args.model)).input_size
+            args.out = args.out or sanity_path(args.model)
             args.out.parent.mkdir(parents=True, exist_ok=True)
             args.out.write_text(json.dumps(result, indent=2) + "\n")
             r, d = result["randomisation"], result["deletion"]

@@ -387,7 +387,8 @@ def main(argv: Sequence[str] | None = None) -> None:
         m["mean_latency_ms"] = latency
     card = {
         "name": name,
-        "display_name": spec.display_name + ("" if pretrained or name == "vbreathnet" else " (from scratch)"),
+        "display_name": spec.display_name + ("" if pretrained or name == "vbreathnet" else " (from scratch)")
+        + (" + lung crop" if args.lung_crop else ""),
         "input_size": size,
         "family": family,
         "mode": mode,

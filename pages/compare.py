@@ -89,3 +89,13 @@ for col, (name, card) in zip(cal_cols, trained.items()):
         st.markdown(f"**{dashboard.display_name(name, card)}** · T = {cal.get('temperature', 'n/a')} · "
                     f"abstain below {cal.get('abstain_threshold', settings.ABSTAIN_CONFIDENCE)}")
         chart(dashboard.reliability_figure, card, key=f"cmp_rel_{name}", config={"displayModeBar": False})
+
+st.subheader("Ablation: lung crop")
+pairs = dashboard.ablation_pairs(cards)
+if not pairs:
+    st.info("No ablation runs in weights/ablations/ yet.")
+for name, pair in pairs.items():
+    st.markdown(f"**{dashboard.display_name(name, cards[name])}**: the same training with and without cropping "
+                "every image to the lung bounding box from the lung segmenter (`--lung-crop`).")
+    st.table(dashboard.comparison_styler(dashboard.comparison_table(pair, split).drop(columns=["Status"])))
+    st.table(dashboard.styled(dashboard.per_group_table(pair, split)))

@@ -277,6 +277,10 @@ def main() -> None:
                                help="Outline of the lung fields from the U-Net segmenter."
                                if lungs_ready else "The lung segmenter is not trained yet.")
 
+        def _segment():
+            seg = get_segmenter()
+            return call_with_optional(lungs_mod.segment, image, segmenter=seg)
+
         base = dashboard.to_rgb(dashboard.window_level(image.pixels, brightness, contrast))
         composite = base
         notes: list[str] = []
@@ -301,8 +305,12 @@ def main() -> None:
                                         key="dx_cam_target")
             target = class_by_label.get(target_label, prediction.predicted)
             lung_mask = None
+            if lungs_ready and st.checkbox("Only inside the lungs", value=False, key="dx_heat_lungs",
+                                           help="Hide heatmap activity outside the segmented lung fields."):
+                m_status, m_value = cached(("lungs", digest), _segment)
+                lung_mask = m_value if m_status == "ok" else None
             h_status, h_value = cached(
-                ("heatmap", digest, model_name, heat_method, target),
+                ("heatmap", digest, model_name, heat_method, target, lung_mask is not None),
                 lambda: explain_mod.explain(clf, image, target=target, method=heat_method, lung_mask=lung_mask),
             )
             if h_status == "ok":
@@ -314,16 +322,18 @@ def main() -> None:
                 if frac is not None:
                     notes_heat += f" {frac:.0%} of the highlight lies inside the lungs."
                 st.caption(notes_heat)
+                sanity = explain_mod.sanity_result(model_name) if hasattr(explain_mod, "sanity_result") else None
+                if sanity and not all((sanity.get("passed") or {}).values()):
+                    failed = ", ".join(k.replace("_", " ") for k, ok in sanity["passed"].items() if not ok)
+                    st.warning(f"This model's heatmaps failed a sanity check ({failed}; "
+                               f"{sanity.get('n_images')} test images, {sanity.get('method')}): "
+                               "treat them as a rough hint only.", icon=":material/warning:")
             else:
                 st.warning(f"Heatmap unavailable: {h_value}", icon=":material/warning:")
                 heat_method = None
 
         # Lung outline layer.
         if show_lungs and lungs_mod is not None:
-            def _segment():
-                seg = get_segmenter()
-                return call_with_optional(lungs_mod.segment, image, segmenter=seg)
-
             s_status, s_value = cached(("lungs", digest), _segment)
             if s_status == "ok":
                 composite = dashboard.draw_outline(composite, s_value.mask)

@@ -216,3 +216,18 @@ def test_md_escape_neutralises_markdown():
     assert dashboard.md_escape("a.png") == "a.png"
     assert dashboard.md_escape("[x](http://e)") == "\\[x\\](http://e)"
     assert dashboard.md_escape("**b** <i>") == "\\*\\*b\\*\\* <i>"
+
+
+def test_ablation_pairs_match_variant_cards_to_shipped_models(weights):
+    write_cards(weights, ("mobilenet_v2",))
+    assert dashboard.ablation_pairs(dashboard.load_cards()) == {}
+    (weights / "ablations").mkdir()
+    variant = make_card("mobilenet_v2", acc=0.8)
+    variant["display_name"] = "MobileNetV2 + lung crop"
+    (weights / "ablations" / "mobilenet_v2.json").write_text(json.dumps(variant))
+    (weights / "ablations" / "vgg16.json").write_text(json.dumps(make_card("vgg16")))  # no shipped vgg16: ignored
+    pairs = dashboard.ablation_pairs(dashboard.load_cards())
+    assert list(pairs) == ["mobilenet_v2"]
+    table = dashboard.comparison_table(pairs["mobilenet_v2"])
+    assert list(table["Model"]) == ["MobileNetV2", "MobileNetV2 + lung crop"]
+    assert list(table[f"{dashboard.MEASURED}: test accuracy"].round(3)) == [0.9, 0.8]
