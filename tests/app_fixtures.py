@@ -173,3 +173,28 @@ def write_detector_files(weights_dir: Path) -> None:
     (weights_dir / "detector.json").write_text(json.dumps(DETECTOR_CARD))
     (weights_dir / "detector_metrics.json").write_text(json.dumps(DETECTOR_METRICS))
     (weights_dir / "detector_figures.json").write_text(json.dumps(DETECTOR_FIGURES))
+
+
+def page_weights(tmp_path: Path, monkeypatch: Any, copy_ood: bool):
+    """Generator for a fixture: a tmp weights dir with the fixture V-BreathNet checkpoint and card,
+    optionally the real not-a-CXR statistics; model caches cleared before and after."""
+    import shutil
+
+    import streamlit as st
+
+    from cxr_core import models, ood
+
+    d = tmp_path / "weights"
+    d.mkdir()
+    if copy_ood and ood.weights_file().is_file():
+        shutil.copy(ood.weights_file(), d / "ood.npz")
+    monkeypatch.setattr(settings, "WEIGHTS_DIR", d)
+    monkeypatch.setattr(settings, "DETECTOR_WEIGHTS", d / "detector.pt")
+    monkeypatch.setattr(settings, "LUNGSEG_WEIGHTS", d / "lungseg.pt")
+    write_cards(d, ("vbreathnet",))
+    write_vbreathnet_checkpoint(d)
+    models.load_classifier.cache_clear()
+    st.cache_resource.clear()
+    yield d
+    models.load_classifier.cache_clear()
+    st.cache_resource.clear()

@@ -230,3 +230,15 @@ def phantom() -> np.ndarray:
     arr = chest_phantom(256, 0)
     arr.setflags(write=False)
     return arr
+
+
+@pytest.fixture
+def one_torch_thread():
+    """One intra-op torch thread for the test: inputs are tiny and the 2-core machine is shared, where
+    oversubscribed OpenMP threads run tens of times slower. Use with pytest.mark.usefixtures."""
+    import torch
+
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)

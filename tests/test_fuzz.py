@@ -17,7 +17,6 @@ from __future__ import annotations
 import functools
 import io
 import re
-import shutil
 import struct
 import zlib
 from dataclasses import dataclass
@@ -340,40 +339,15 @@ def test_core_pipeline_gives_specific_message(case, classifiers):
 # --- the Diagnose page (one AppTest session, many uploads) ------------------------------------------
 
 
-@pytest.fixture(autouse=True)
-def one_torch_thread():
-    """One intra-op thread: on a small shared CPU more threads oversubscribe (tens of times slower)."""
-    import torch
-
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture
 def page_weights(tmp_path, monkeypatch):
-    """A weights dir with the fixture V-BreathNet checkpoint and the real OOD statistics (if fitted)."""
-    import streamlit as st
+    """Fixture V-BreathNet; the real OOD statistics only when the valid upload is a real CXR."""
+    from app_fixtures import page_weights, real_cxr3_image
 
-    from app_fixtures import real_cxr3_image, write_cards, write_vbreathnet_checkpoint
-    from cxr_core import models, ood
-
-    real_ood = ood.weights_file()
-    d = tmp_path / "weights"
-    d.mkdir()
-    if real_ood.is_file() and real_cxr3_image() is not None:  # the valid upload must be a real CXR
-        shutil.copy(real_ood, d / "ood.npz")
-    monkeypatch.setattr(settings, "WEIGHTS_DIR", d)
-    monkeypatch.setattr(settings, "DETECTOR_WEIGHTS", d / "detector.pt")
-    monkeypatch.setattr(settings, "LUNGSEG_WEIGHTS", d / "lungseg.pt")
-    write_cards(d, ("vbreathnet",))
-    write_vbreathnet_checkpoint(d)
-    models.load_classifier.cache_clear()
-    st.cache_resource.clear()
-    yield d
-    models.load_classifier.cache_clear()
-    st.cache_resource.clear()
+    yield from page_weights(tmp_path, monkeypatch, copy_ood=real_cxr3_image() is not None)
 
 
 def _texts(at, kind: str) -> str:

@@ -38,16 +38,7 @@ def _two_lungs(h=400, w=360) -> np.ndarray:
     return m
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    """One torch thread: the inputs are tiny and the test machine is shared (oversubscribed
-    OpenMP threads are much slower than one thread there)."""
-    import torch
-
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")

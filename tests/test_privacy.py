@@ -45,41 +45,15 @@ def _dicom_with_identifiers(**extra) -> bytes:
     return make_dicom(to_uint16(chest_phantom(256, 2), 12), bits_stored=12, **{**IDENTIFIERS, **extra})
 
 
-@pytest.fixture(autouse=True)
-def one_torch_thread():
-    """One intra-op thread: on a small shared CPU more threads oversubscribe (tens of times slower)."""
-    import torch
-
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture
 def page_weights(tmp_path, monkeypatch):
     """Fixture V-BreathNet and model card in a tmp weights dir (plus the real OOD statistics)."""
-    import shutil
+    from app_fixtures import page_weights
 
-    import streamlit as st
-
-    from app_fixtures import write_cards, write_vbreathnet_checkpoint
-    from cxr_core import models, ood
-
-    d = tmp_path / "weights"
-    d.mkdir()
-    if ood.weights_file().is_file():
-        shutil.copy(ood.weights_file(), d / "ood.npz")
-    monkeypatch.setattr(settings, "WEIGHTS_DIR", d)
-    monkeypatch.setattr(settings, "DETECTOR_WEIGHTS", d / "detector.pt")
-    monkeypatch.setattr(settings, "LUNGSEG_WEIGHTS", d / "lungseg.pt")
-    write_cards(d, ("vbreathnet",))
-    write_vbreathnet_checkpoint(d)
-    models.load_classifier.cache_clear()
-    st.cache_resource.clear()
-    yield d
-    models.load_classifier.cache_clear()
-    st.cache_resource.clear()
+    yield from page_weights(tmp_path, monkeypatch, copy_ood=True)
 
 
 def _app():
