@@ -352,3 +352,17 @@ def test_model_card_is_honest():
     assert "tb_ap40" in card["metrics_test"] and card["code_version"]
     assert set(card["validated_classes"]) <= set(settings.DETECTOR_CLASSES)
     assert settings.DETECTOR_WEIGHTS.stat().st_size < 25 * 2**20
+
+
+def test_ultralytics_does_not_hijack_pil_open_for_uploads() -> None:
+    """ultralytics patches PIL.Image.open to pip-install HEIF support on unknown files; after our offline
+    import a damaged upload must still get cxr_core.io's specific message (no install attempt)."""
+    from PIL import Image
+
+    from cxr_core.detection.detect import ultralytics_offline
+    from cxr_core.io import ImageLoadError, load_image
+
+    ultralytics_offline()
+    assert Image.open.__module__ == "PIL.Image"
+    with pytest.raises(ImageLoadError, match="PNG file is damaged"):
+        load_image(b"\x89PNG\r\n\x1a\n", "x.png")

@@ -83,7 +83,27 @@ def ultralytics_offline():
     checks.check_font = _check_font
     data_utils.check_font = _check_font
     plotting.check_font = _check_font
+    _restore_pil_open()
     return ultralytics.YOLO
+
+
+def _restore_pil_open() -> None:
+    """Undo ultralytics' process-wide patch of ``PIL.Image.open``.
+
+    On any file PIL cannot identify, the patched ``open`` calls ``check_requirements("pi-heif")``
+    (a pip install, i.e. the network) and then fails with ModuleNotFoundError, which would turn
+    cxr_core.io's specific "damaged file" messages into a generic one for every later upload.
+    We read no HEIF files, so PIL's own ``open`` is put back.
+    """
+    from PIL import Image
+
+    try:
+        from ultralytics.utils import patches
+    except ImportError:  # pragma: no cover - other ultralytics layouts
+        return
+    original = getattr(patches, "_image_open", None)
+    if original is not None and Image.open is getattr(patches, "image_open", None):
+        Image.open = original
 
 
 @dataclass
