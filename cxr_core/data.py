@@ -7,7 +7,6 @@ so each (size, crop) combination is decoded once through the same `load_image` -
 
 from __future__ import annotations
 
-import hashlib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -18,12 +17,9 @@ from tqdm import tqdm
 from cxr_core import settings
 from cxr_core.io import load_image
 from cxr_core.preprocess import standardise
+from cxr_core.provenance import sha256_file
 
 CLASS_TO_INDEX = {c: i for i, c in enumerate(settings.CLASSES)}
-
-
-def sha256_file(path: Path) -> str:
-    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
 
 
 def read_manifest(path: Path = settings.CXR3_MANIFEST) -> pd.DataFrame:

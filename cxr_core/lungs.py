@@ -28,7 +28,6 @@ import csv
 import functools
 import json
 import math
-import subprocess
 import sys
 import time
 from dataclasses import dataclass
@@ -42,6 +41,7 @@ import torch
 from cxr_core import settings
 from cxr_core.io import CXRImage
 from cxr_core.preprocess import Box, robust_stretch
+from cxr_core.provenance import code_version
 
 __all__ = [
     "LungMask",
@@ -893,15 +893,6 @@ def crop_boxes(
 # --- model card ---------------------------------------------------------------------------------
 
 
-def _git_rev() -> str:
-    try:
-        return subprocess.run(
-            ["git", "rev-parse", "HEAD"], cwd=settings.ROOT, capture_output=True, text=True, timeout=10
-        ).stdout.strip()
-    except Exception:
-        return "unknown"
-
-
 def write_card(run_dir: Path, weights: Path, metrics: dict, card: Path) -> dict:
     import pandas as pd
 
@@ -965,7 +956,7 @@ def write_card(run_dir: Path, weights: Path, metrics: dict, card: Path) -> dict:
         "metrics": {"val": brief(metrics["val"]), "test": brief(metrics["test"])},
         "latency": metrics.get("test", {}).get("latency"),
         "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
-        "code_version": _git_rev(),
+        "code_version": code_version(),
         "licence_note": "images: ieee8023 (per-image licences, many unstated) -> research / non-commercial use only; masks CC BY 4.0",
         "intended_use": "pre-processing crop and sanity check in a research decision-support prototype; not a diagnostic device",
     }

@@ -20,7 +20,6 @@ import argparse
 import datetime as dt
 import json
 import random
-import subprocess
 import time
 from pathlib import Path
 from typing import Any, Sequence
@@ -32,7 +31,8 @@ from torch.utils.data import DataLoader, Dataset, WeightedRandomSampler
 from tqdm import tqdm
 
 from cxr_core import settings
-from cxr_core.data import CachedSplit, build_cache, load_split, sha256_file
+from cxr_core.data import CachedSplit, build_cache, load_split
+from cxr_core.provenance import code_version, sha256_file
 from cxr_core.evaluate import compute_metrics, reliability
 from cxr_core.models import SPECS, build_model, count_params
 from cxr_core.preprocess import to_model_tensor, train_augmentation
@@ -51,15 +51,6 @@ def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)
-
-
-def code_version() -> str:
-    try:
-        return subprocess.run(
-            ["git", "rev-parse", "--short", "HEAD"], cwd=settings.ROOT, capture_output=True, text=True, check=True
-        ).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
 
 
 class AugmentedImages(Dataset):

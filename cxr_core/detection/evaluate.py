@@ -14,13 +14,13 @@ from __future__ import annotations
 
 import datetime as _dt
 import json
-import subprocess
 from pathlib import Path
 
 import numpy as np
 
 from cxr_core import settings
 from cxr_core.detection.detect import ultralytics_offline
+from cxr_core.provenance import code_version
 
 IOUS = (0.4, 0.5)
 
@@ -237,15 +237,6 @@ def _tb_agnostic_ap(weights: Path, data: Path, split: str, imgsz: int) -> float 
 # --- model card ------------------------------------------------------------------------------
 
 
-def git_rev() -> str | None:
-    try:
-        return subprocess.run(
-            ["git", "rev-parse", "HEAD"], cwd=settings.ROOT, capture_output=True, text=True, timeout=10, check=True
-        ).stdout.strip()
-    except Exception:
-        return None
-
-
 def write_card(weights: Path, run_dir: Path, metrics_path: Path, out: Path) -> dict:
     """weights/detector.json: data counts, metrics, training details and plain-language limits."""
     from cxr_core.detection.train import run_summary
@@ -286,7 +277,7 @@ def write_card(weights: Path, run_dir: Path, metrics_path: Path, out: Path) -> d
             "threshold", "precision", "recall", "f1")},
         "per_class_test": metrics.get("per_class", []),
         "date": _dt.date.today().isoformat(),
-        "code_version": git_rev(),
+        "code_version": code_version(),
         "limitations": [
             f"It saw only {n_vin.get('train', 0)} VinBigData training images "
             f"({sum(n_vin.values())} in all splits, out of the 15,000 annotated ones): the 14 VinBigData "
