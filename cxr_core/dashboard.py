@@ -202,6 +202,31 @@ def ablation_pairs(cards: Mapping[str, Mapping[str, Any] | None]) -> dict[str, d
     return pairs
 
 
+def ablation_table(pair: Mapping[str, Mapping[str, Any]]) -> pd.DataFrame:
+    """Validation and test side by side: the default is chosen on validation, test only reports it."""
+    rows = []
+    for name, card in pair.items():
+        row = {"Model": display_name(name, card)}
+        for split in ("val", "test"):
+            m = split_metrics(card, split)
+            row[f"{split} accuracy"] = _num(m.get("accuracy"))
+            for group, gm in ((m.get("per_group") or {}).get("age_group") or {}).items():
+                row[f"{split} accuracy, {group}"] = _num(gm.get("accuracy"))
+        row["test share answered (abstention)"] = _num(_get(card, "calibration", "test_coverage"))
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def ablation_choice(pair: Mapping[str, Mapping[str, Any]]) -> str | None:
+    """Which variant the selection rule (higher validation accuracy) keeps as the shipped default."""
+    scored = {display_name(n, c): _num(split_metrics(c, "val").get("accuracy")) for n, c in pair.items()}
+    if len(scored) < 2 or any(math.isnan(v) for v in scored.values()):
+        return None
+    best = max(scored, key=scored.get)
+    others = ", ".join(f"{n} {v:.3f}" for n, v in scored.items() if n != best)
+    return f"Default by the rule (higher validation accuracy): **{best}** ({scored[best]:.3f} vs {others})."
+
+
 def trained(cards: Mapping[str, Mapping[str, Any] | None]) -> dict[str, Mapping[str, Any]]:
     return {n: c for n, c in cards.items() if c}
 
@@ -906,6 +931,12 @@ def main() -> None:
     print(markdown_table(comparison_table(cards).drop(columns=["Status"])))
     print("\n### Per source / age group (test split)\n")
     print(markdown_table(per_group_table(cards)))
+    pairs = ablation_pairs(cards)
+    if pairs:
+        print("\n### Ablation: lung crop (same training, images cropped to the segmented lungs)")
+    for pair in pairs.values():
+        print("\n" + markdown_table(ablation_table(pair)))
+        print("\n" + (ablation_choice(pair) or ""))
 
 
 if __name__ == "__main__":

@@ -677,7 +677,9 @@ def train(
         f"train n={n} val n={len(val_data['ids'])} epochs={epochs} batch={batch_size} lr={lr} threads={threads} "
         f"crop={crop} freeze_blocks={freeze_blocks}"
     )
-    state.setdefault("settings", []).append({"epoch": state["epoch"], "crop": crop, "freeze_blocks": freeze_blocks, "batch": batch_size, "lr": lr})
+    state.setdefault("settings", []).append(
+        {"epoch": state["epoch"], "crop": crop, "freeze_blocks": freeze_blocks, "batch": batch_size, "lr": lr, "threads": threads}
+    )
     planned = epochs
     first_epoch = state["epoch"]
     for epoch in range(state["epoch"], epochs):
@@ -893,6 +895,20 @@ def crop_boxes(
 # --- model card ---------------------------------------------------------------------------------
 
 
+def _schedule_note(stages: list[dict], epochs: int | None) -> str:
+    """Say plainly when a run was resumed with other settings, since its history then mixes regimes."""
+
+    def regime(st: dict) -> str:
+        crop = f"random {st['crop']}x{st['crop']} windows" if st.get("crop") else "full 256x256 images"
+        frozen = f", first {st['freeze_blocks']} encoder blocks frozen" if st.get("freeze_blocks") else ", all layers trained"
+        return crop + frozen
+
+    if len(stages) <= 1:
+        return f"{epochs} epochs in one schedule: {regime(stages[0]) if stages else 'full 256x256 images, all layers trained'}."
+    parts = [f"from epoch {st['epoch'] + 1}: {regime(st)}" for st in stages]
+    return "resumed with other settings (see `stages`): " + "; ".join(parts) + "."
+
+
 def write_card(run_dir: Path, weights: Path, metrics: dict, card: Path) -> dict:
     import pandas as pd
 
@@ -904,6 +920,9 @@ def write_card(run_dir: Path, weights: Path, metrics: dict, card: Path) -> dict:
         for src in ("gbseg", "darwin")
     }
     ckpt = torch.load(weights, map_location="cpu", weights_only=True)
+
+    stages = hist.get("settings") or []
+    threads = sorted({st.get("threads", 1) for st in stages}) or [1]  # runs before threads were recorded used 1
 
     def brief(m: dict) -> dict:
         return {
@@ -937,13 +956,8 @@ def write_card(run_dir: Path, weights: Path, metrics: dict, card: Path) -> dict:
             "epochs": hist.get("epoch"),
             "best_epoch": hist.get("best_epoch"),
             "train_minutes": round(hist.get("train_seconds", 0) / 60, 1),
-            "hardware": "CPU, 1 thread of a shared 2-core machine (load average about 10 from other jobs)",
-            "schedule_note": (
-                "epochs 1-2: full 256x256 images, all layers trained, schedule planned for 20 epochs; the machine was "
-                "too busy for that, so from epoch 3 (resumed from the epoch-2 checkpoint) the schedule was re-planned "
-                "to 6 epochs, training used random 192x192 windows (same pixel scale as inference) and the first 4 "
-                "MobileNetV2 blocks were frozen. See `stages` and `history`."
-            ),
+            "hardware": f"CPU, {'/'.join(map(str, threads))} torch thread(s) of a 2-core machine",
+            "schedule_note": _schedule_note(stages, hist.get("epoch")),
             "optimizer": "AdamW lr 1e-3, wd 1e-4, 1 epoch warm-up + cosine, batch 8",
             "loss": "BCE + soft Dice on each image's own-convention head",
             "augmentation": "rotation +-10 deg, scale 0.88-1.12, shift +-7%, brightness/contrast/gamma, light blur/noise; no flips",

@@ -75,9 +75,11 @@ TB_CLASSES: tuple[str, ...] = ("Active tuberculosis", "Obsolete tuberculosis")  
 DETECTOR_CLASSES: tuple[str, ...] = VINBIG_CLASSES + TB_CLASSES
 DETECTOR_WEIGHTS: Path = WEIGHTS_DIR / "detector.pt"
 DETECTOR_CARD: Path = WEIGHTS_DIR / "detector.json"
+DETECTOR_METRICS: Path = WEIGHTS_DIR / "detector_metrics.json"  # test-split metrics from `detection evaluate`
 DETECTOR_DATA_DIR: Path = CACHE_DIR / "detection" / "yolo"  # prepared YOLO dataset (never committed)
-DETECTOR_IMGSZ: int = 320  # training/inference size; chosen by measurement (see docs/detector.md)
+DETECTOR_IMGSZ: int = 512  # only for checkpoints that do not record their training size (detection/default.yaml sets it)
 DETECTOR_CONF: float = 0.25  # default display threshold for detect()
+DETECTOR_MIN_CONF: float = 0.05  # lowest threshold the viewer offers; boxes are detected once at it and filtered
 DETECTOR_WBF_IOU: float = 0.6  # IoU for fusing radiologists' boxes (weighted boxes fusion)
 DETECTOR_MIN_SUPPORT: int = 10  # test boxes a class needs before its AP counts as validated
 

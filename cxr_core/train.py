@@ -397,6 +397,7 @@ def main(argv: Sequence[str] | None = None) -> None:
                 c: quality_counts[quality_counts["label"] == c]["quality"].value_counts().to_dict() for c in settings.CLASSES
             },
             "lung_crop": bool(args.lung_crop),
+            **({"lung_boxes_sha256": sha256_file(args.lung_crop)} if args.lung_crop else {}),
         },
         "preprocessing": {"size": size, "family": family, "intensity": "robust 1-99 percentile stretch", "lung_crop": bool(args.lung_crop)},
         "training": {

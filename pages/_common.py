@@ -1,26 +1,15 @@
-"""Helpers shared by the pages: process-wide model caches and defensive imports.
+"""Helpers shared by the pages: process-wide model caches, navigation and small layout pieces.
 
-Models are loaded once per server process (st.cache_resource). Modules that are not
-installed or not written yet make the helpers return None, so a page can say so plainly.
+Models are loaded once per server process (st.cache_resource); a page that finds no trained
+weights says so plainly instead of loading anything.
 """
 
 from __future__ import annotations
 
-import importlib
-import inspect
 import threading
-from types import ModuleType
 from typing import Any
 
 import streamlit as st
-
-
-def optional_module(name: str) -> ModuleType | None:
-    """Import cxr_core.<name> if it exists and imports cleanly, else None."""
-    try:
-        return importlib.import_module(f"cxr_core.{name}")
-    except Exception:
-        return None
 
 
 @st.cache_resource(show_spinner=False)
@@ -42,26 +31,16 @@ def get_classifier(name: str) -> Any:
 
 @st.cache_resource(show_spinner="Loading the abnormality detector...")
 def get_detector() -> Any:
-    detection = importlib.import_module("cxr_core.detection")
+    from cxr_core import detection
+
     return detection.load_detector()
 
 
 @st.cache_resource(show_spinner="Loading the lung segmenter...")
 def get_segmenter() -> Any:
-    lungs = importlib.import_module("cxr_core.lungs")
-    loader = getattr(lungs, "load_segmenter", None)
-    return loader() if loader else None
+    from cxr_core import lungs
 
-
-def call_with_optional(fn: Any, *args: Any, **optional: Any) -> Any:
-    """Call fn(*args, **kw) passing only the optional keyword arguments its signature accepts."""
-    try:
-        params = inspect.signature(fn).parameters
-    except (TypeError, ValueError):
-        return fn(*args)
-    accepts_any = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
-    kw = {k: v for k, v in optional.items() if v is not None and (accepts_any or k in params)}
-    return fn(*args, **kw)
+    return lungs.load_segmenter()
 
 
 def classifier_status() -> tuple[list[str], dict[str, str]]:

@@ -97,5 +97,9 @@ if not pairs:
 for name, pair in pairs.items():
     st.markdown(f"**{dashboard.display_name(name, cards[name])}**: the same training with and without cropping "
                 "every image to the lung bounding box from the lung segmenter (`--lung-crop`).")
+    st.table(dashboard.styled(dashboard.ablation_table(pair)))
+    choice = dashboard.ablation_choice(pair)
+    if choice:
+        st.markdown(choice)
     st.table(dashboard.comparison_styler(dashboard.comparison_table(pair, split).drop(columns=["Status"])))
     st.table(dashboard.styled(dashboard.per_group_table(pair, split)))

@@ -13,16 +13,16 @@ from typing import Any
 
 import streamlit as st
 
-from cxr_core import dashboard, settings
+from cxr_core import classify, dashboard, detection, explain, lungs, report, settings
+from cxr_core.models import read_card
+from cxr_core.quality import assess as assess_quality
 from pages._common import (
-    call_with_optional,
-    ensure_navigation,
     classifier_status,
+    ensure_navigation,
     get_classifier,
     get_detector,
     get_segmenter,
     limits_box,
-    optional_module,
 )
 
 ensure_navigation()
@@ -61,13 +61,6 @@ def _friendly(exc: Exception) -> str:
     if name in {"ModelUnavailableError", "ImageLoadError", "FileNotFoundError"}:
         return str(exc)
     return GENERIC_ERROR
-
-
-def _method_label(info: dict, key: str) -> str:
-    value = info.get(key)
-    if isinstance(value, (tuple, list)) and len(value) > 1:
-        return str(value[1])
-    return str(value) if isinstance(value, str) else str(key)
 
 
 # --- page --------------------------------------------------------------------------------------------
@@ -152,17 +145,11 @@ def main() -> None:
         st.stop()
 
     # --- quality -------------------------------------------------------------------------------------------
-    quality_mod = optional_module("quality")
     quality = None
-    quality_msg = None
-    if quality_mod is not None and hasattr(quality_mod, "assess"):
-        q_status, q_value = cached(("quality", digest), lambda: quality_mod.assess(image))
-        if q_status == "ok":
-            quality = q_value
-        else:
-            quality_msg = q_value
-    else:
-        quality_msg = "The image quality check is not available in this installation yet."
+    q_status, q_value = cached(("quality", digest), lambda: assess_quality(image))
+    if q_status == "ok":
+        quality = q_value
+    quality_msg = None if q_status == "ok" else q_value
 
     # --- prediction ----------------------------------------------------------------------------------------
     prediction = None
@@ -177,8 +164,6 @@ def main() -> None:
         if c_status == "ok":
             clf = c_value
             card = getattr(clf, "card", None) or None
-            from cxr_core import classify
-
             p_status, p_value = cached(("predict", digest, model_name),
                                        lambda: classify.predict(image, clf, quality=quality))
             if p_status == "ok":
@@ -189,10 +174,8 @@ def main() -> None:
             pred_error = c_value
     if card is None:
         try:
-            from cxr_core.models import read_card
-
             card = read_card(model_name)
-        except Exception:
+        except Exception:  # a missing or unreadable card only hides the limits box
             card = None
 
     # --- layout ---------------------------------------------------------------------------------------------
@@ -259,17 +242,10 @@ def main() -> None:
                 cx = cy = 0.5
 
         l1, l2, l3 = st.columns(3)
-        explain_mod = optional_module("explain")
-        detection_mod = optional_module("detection")
-        lungs_mod = optional_module("lungs")
-        show_heat = l1.toggle("Heatmap", value=False, key="dx_heat",
-                              disabled=prediction is None or explain_mod is None,
-                              help="Where the model looked (class activation map)."
-                              if explain_mod is not None else "Explanations are not available yet.")
-        detector_ready = detection_mod is not None and hasattr(detection_mod, "detect") and \
-            Path(getattr(settings, "DETECTOR_WEIGHTS", "")).is_file()
-        lungs_ready = lungs_mod is not None and hasattr(lungs_mod, "segment") and \
-            Path(getattr(settings, "LUNGSEG_WEIGHTS", "")).is_file()
+        show_heat = l1.toggle("Heatmap", value=False, key="dx_heat", disabled=prediction is None,
+                              help="Where the model looked (class activation map).")
+        detector_ready = Path(settings.DETECTOR_WEIGHTS).is_file()
+        lungs_ready = Path(settings.LUNGSEG_WEIGHTS).is_file()
         show_boxes = l2.toggle("Abnormality boxes", value=False, key="dx_boxes", disabled=not detector_ready,
                                help="Research-preview detector for 14 VinBigData findings and tuberculosis."
                                if detector_ready else "The abnormality detector is not trained yet.")
@@ -278,8 +254,7 @@ def main() -> None:
                                if lungs_ready else "The lung segmenter is not trained yet.")
 
         def _segment():
-            seg = get_segmenter()
-            return call_with_optional(lungs_mod.segment, image, segmenter=seg)
+            return lungs.segment(image, segmenter=get_segmenter())
 
         base = dashboard.to_rgb(dashboard.window_level(image.pixels, brightness, contrast))
         composite = base
@@ -287,17 +262,12 @@ def main() -> None:
         heat_method = None
 
         # Heatmap layer.
-        if show_heat and prediction is not None and explain_mod is not None:
-            method_info = dict(getattr(explain_mod, "METHODS", {}) or {"gradcam": (None, "Grad-CAM")})
-            method_by_label = {_method_label(method_info, m): m for m in method_info}
-            method_labels = list(method_by_label)
-            default_method = getattr(explain_mod, "DEFAULT_METHOD", None)
+        if show_heat and prediction is not None:
+            method_by_label = {label: m for m, (_, label) in explain.METHODS.items()}
             h1, h2, h3 = st.columns(3)
-            chosen_method = h1.selectbox(
-                "CAM method", method_labels, key="dx_cam_method",
-                index=list(method_by_label.values()).index(default_method)
-                if default_method in method_by_label.values() else 0)
-            heat_method = method_by_label.get(chosen_method, default_method or "gradcam")
+            chosen_method = h1.selectbox("CAM method", list(method_by_label), key="dx_cam_method",
+                                         index=list(explain.METHODS).index(explain.DEFAULT_METHOD))
+            heat_method = method_by_label.get(chosen_method, explain.DEFAULT_METHOD)
             alpha = h2.slider("Opacity", 0.0, 1.0, 0.45, 0.05, key="dx_alpha")
             class_by_label = {dashboard.class_label(c): c for c in settings.CLASSES}
             target_label = h3.selectbox("Explain class", list(class_by_label),
@@ -311,18 +281,18 @@ def main() -> None:
                 lung_mask = m_value if m_status == "ok" else None
             h_status, h_value = cached(
                 ("heatmap", digest, model_name, heat_method, target, lung_mask is not None),
-                lambda: explain_mod.explain(clf, image, target=target, method=heat_method, lung_mask=lung_mask),
+                lambda: explain.explain(clf, image, target=target, method=heat_method, lung_mask=lung_mask),
             )
             if h_status == "ok":
-                composite = explain_mod.overlay(composite, h_value.map, alpha, fade=True)
+                composite = explain.overlay(composite, h_value.map, alpha, fade=True)
                 frac = getattr(h_value, "lung_fraction", None)
-                notes_heat = (f"Heatmap ({_method_label(method_info, heat_method)}) for "
+                notes_heat = (f"Heatmap ({explain.METHODS[heat_method][1]}) for "
                               f"**{dashboard.class_label(target)}**: warm colours mark the regions that most raised "
                               "this class's score. It shows where the model looked, not where disease is.")
                 if frac is not None:
                     notes_heat += f" {frac:.0%} of the highlight lies inside the lungs."
                 st.caption(notes_heat)
-                sanity = explain_mod.sanity_result(model_name) if hasattr(explain_mod, "sanity_result") else None
+                sanity = explain.sanity_result(model_name)
                 if sanity and not all((sanity.get("passed") or {}).values()):
                     failed = ", ".join(k.replace("_", " ") for k, ok in sanity["passed"].items() if not ok)
                     st.warning(f"This model's heatmaps failed a sanity check ({failed}; "
@@ -333,7 +303,7 @@ def main() -> None:
                 heat_method = None
 
         # Lung outline layer.
-        if show_lungs and lungs_mod is not None:
+        if show_lungs:
             s_status, s_value = cached(("lungs", digest), _segment)
             if s_status == "ok":
                 composite = dashboard.draw_outline(composite, s_value.mask)
@@ -347,19 +317,19 @@ def main() -> None:
         det_card = None
         det_label = None
         det_conf = None
-        if show_boxes and detection_mod is not None:
+        if show_boxes:
             det_files = dashboard.load_detector_files()
             det_card = det_files["card"]
             det_label = dashboard.detector_label(det_card, det_files["figures"])
             b1, b2 = st.columns([1, 2])
             default_conf = float((det_card or {}).get("operating_threshold", settings.DETECTOR_CONF))
-            det_conf = b1.slider("Box confidence threshold", 0.05, 0.95, round(default_conf, 2), 0.01,
+            det_conf = b1.slider("Box confidence threshold", settings.DETECTOR_MIN_CONF, 0.95, round(default_conf, 2), 0.01,
                                  key="dx_box_conf",
                                  help="Default: the threshold with the best F1 on the detector's validation split.")
 
             def _detect():
-                det = get_detector()
-                return call_with_optional(detection_mod.detect, image, conf=0.05, detector=det, model=det)
+                get_detector()  # loaded once per process; detect() then reuses it
+                return detection.detect(image, conf=settings.DETECTOR_MIN_CONF)
 
             d_status, d_value = cached(("boxes", digest), _detect)
             if d_status == "ok":
@@ -367,7 +337,7 @@ def main() -> None:
                 classes = b2.multiselect("Findings to show", found, default=found, key=f"dx_box_cls_{digest[:8]}")
                 shown_boxes = dashboard.filter_boxes(d_value, det_conf, classes)
                 scale = dashboard.box_scale(image)
-                composite = detection_mod.draw_boxes(composite, shown_boxes, scale=scale)
+                composite = detection.draw_boxes(composite, shown_boxes, scale=scale)
             else:
                 st.warning(f"Abnormality detector unavailable: {d_value}", icon=":material/warning:")
 
@@ -396,8 +366,6 @@ def main() -> None:
     with right:
         st.subheader("Report")
         try:
-            from cxr_core import report
-
             record = report.build_record(
                 image, quality=quality, prediction=prediction, boxes=shown_boxes, model_card=card,
                 detector_card=det_card, detector_label=det_label, detector_conf=det_conf,

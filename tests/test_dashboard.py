@@ -231,3 +231,21 @@ def test_ablation_pairs_match_variant_cards_to_shipped_models(weights):
     table = dashboard.comparison_table(pairs["mobilenet_v2"])
     assert list(table["Model"]) == ["MobileNetV2", "MobileNetV2 + lung crop"]
     assert list(table[f"{dashboard.MEASURED}: test accuracy"].round(3)) == [0.9, 0.8]
+
+
+def test_ablation_default_is_chosen_on_validation_not_test(weights):
+    write_cards(weights, ("mobilenet_v2",))
+    (weights / "ablations").mkdir()
+    variant = make_card("mobilenet_v2", acc=0.8)  # test 0.80, val 0.81: loses to the shipped 0.90 / 0.91
+    variant["display_name"] = "MobileNetV2 + lung crop"
+    path = weights / "ablations" / "mobilenet_v2.json"
+    path.write_text(json.dumps(variant))
+    pair = dashboard.ablation_pairs(dashboard.load_cards())["mobilenet_v2"]
+    table = dashboard.ablation_table(pair)
+    assert list(table["val accuracy"].round(3)) == [0.91, 0.81]
+    assert list(table["test accuracy"].round(3)) == [0.9, 0.8]
+    assert "**MobileNetV2**" in dashboard.ablation_choice(pair)
+    variant["metrics"]["val"]["accuracy"] = 0.95  # better on val, still worse on test: the rule follows val
+    path.write_text(json.dumps(variant))
+    pair = dashboard.ablation_pairs(dashboard.load_cards())["mobilenet_v2"]
+    assert "**MobileNetV2 + lung crop** (0.950 vs MobileNetV2 0.910)" in dashboard.ablation_choice(pair)

@@ -304,6 +304,15 @@ def test_evaluate_json_fields_on_tiny_set(tiny_run, no_network):
     assert no_network == []
 
 
+def test_evaluate_defaults_to_the_checkpoints_training_size(tiny_run, no_network):
+    """A 512 px detector validated at another size would report numbers it never has in the app."""
+    from cxr_core.detection.detect import trained_imgsz
+    from cxr_core.detection.evaluate import evaluate
+
+    assert trained_imgsz(tiny_run["weights"]) == 64
+    assert evaluate(tiny_run["weights"], split="test", data=tiny_run["data"], conf=0.25)["imgsz"] == 64
+
+
 # --- inference API ---------------------------------------------------------------------------
 
 
@@ -352,6 +361,11 @@ def test_model_card_is_honest():
     assert "tb_ap40" in card["metrics_test"] and card["code_version"]
     assert set(card["validated_classes"]) <= set(settings.DETECTOR_CLASSES)
     assert settings.DETECTOR_WEIGHTS.stat().st_size < 25 * 2**20
+    from cxr_core.detection.detect import trained_imgsz
+
+    # the card's numbers were measured at the size the app runs the detector at
+    assert card["training"]["imgsz"] == json.loads(settings.DETECTOR_METRICS.read_text())["imgsz"] \
+        == trained_imgsz()
 
 
 def test_ultralytics_does_not_hijack_pil_open_for_uploads() -> None:

@@ -230,3 +230,13 @@ def test_box_inside_on_odd_sizes():
         lm = lungs.segment(_image(rng.random((h, w)) * 0.3))
         assert lm.mask.shape == (h, w)
         assert _inside(lungs.chest_box(lm), h, w)
+
+
+def test_card_says_when_a_run_mixed_training_regimes():
+    """A resumed run with other settings must not be described as one clean schedule."""
+    one = [{"epoch": 0, "crop": None, "freeze_blocks": 0, "batch": 8, "lr": 1e-3, "threads": 1}]
+    assert lungs._schedule_note(one, 30) == "30 epochs in one schedule: full 256x256 images, all layers trained."
+    mixed = one + [{"epoch": 2, "crop": 192, "freeze_blocks": 4, "batch": 8, "lr": 1e-3}]
+    note = lungs._schedule_note(mixed, 6)
+    assert note.startswith("resumed with other settings")
+    assert "from epoch 3: random 192x192 windows, first 4 encoder blocks frozen" in note

@@ -146,7 +146,7 @@ def main(argv: list[str] | None = None) -> int:
     s = sub.add_parser("card", help="write weights/detector.json (model card)")
     s.add_argument("--weights", default=str(settings.DETECTOR_WEIGHTS))
     s.add_argument("--run", default=str(settings.CACHE_DIR / "detection" / "runs" / "detector"))
-    s.add_argument("--metrics", default=str(settings.WEIGHTS_DIR / "detector_metrics.json"))
+    s.add_argument("--metrics", default=str(settings.DETECTOR_METRICS))
     s.add_argument("--out", default=str(settings.DETECTOR_CARD))
     s.set_defaults(func=_card)
 

@@ -146,6 +146,11 @@ def _load(path: str):
     return model, validated, imgsz
 
 
+def trained_imgsz(path: str | Path | None = None) -> int:
+    """The input size a checkpoint was trained at: validation and inference must use the same."""
+    return _load(str(Path(path or settings.DETECTOR_WEIGHTS).resolve()))[2]
+
+
 def load_detector(path: str | Path | None = None):
     """The YOLO model at ``path`` (default weights/detector.pt), loaded once per process."""
     return _load(str(Path(path or settings.DETECTOR_WEIGHTS).resolve()))[0]

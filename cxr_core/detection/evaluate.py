@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from cxr_core import settings
-from cxr_core.detection.detect import ultralytics_offline
+from cxr_core.detection.detect import trained_imgsz, ultralytics_offline
 from cxr_core.provenance import code_version
 
 IOUS = (0.4, 0.5)
@@ -112,7 +112,7 @@ def _support(data: Path, split: str, nc: int) -> tuple[np.ndarray, np.ndarray, i
 def choose_threshold(weights: Path, data: Path | None = None, imgsz: int | None = None) -> float:
     """Confidence maximising the mean F1 (IoU 0.4) over the validated classes on the val split."""
     data = _data_yaml(data)
-    m, names = run_validator(weights, data, "val", imgsz or settings.DETECTOR_IMGSZ)
+    m, names = run_validator(weights, data, "val", imgsz or trained_imgsz(weights))
     box = m.box
     if not len(box.ap_class_index):
         return settings.DETECTOR_CONF
@@ -136,7 +136,7 @@ def evaluate(
 ) -> dict:
     """Metrics JSON for ``split``: map40, map50, tb_ap40, per-class AP with support, P/R/F1."""
     data = _data_yaml(data)
-    imgsz = imgsz or settings.DETECTOR_IMGSZ
+    imgsz = imgsz or trained_imgsz(weights)
     threshold_source = "given"
     if conf is None:
         conf, threshold_source = choose_threshold(weights, data, imgsz), "best mean F1 on val"
@@ -269,7 +269,7 @@ def write_card(weights: Path, run_dir: Path, metrics_path: Path, out: Path) -> d
         },
         "training": {
             **train_info,
-            "device": "CPU (2 cores shared, 1 torch thread)",
+            "device": f"CPU (2-core machine, {train_info.get('torch_threads', 1)} torch thread(s))",
             "imgsz": train_info.get("imgsz", settings.DETECTOR_IMGSZ),
         },
         "metrics_test": {k: metrics.get(k) for k in (
@@ -286,7 +286,8 @@ def write_card(weights: Path, run_dir: Path, metrics_path: Path, out: Path) -> d
             f"Tuberculosis boxes come from {sum(n_tb.values())} TBX11K TB-positive radiographs "
             f"({n_tb.get('train', 0)} for training); it never saw a TB-negative TBX11K image, so its false "
             "positive rate on healthy chests is unmeasured.",
-            "Trained for a short CPU budget at low resolution; a user with the full Kaggle download can "
+            f"Trained for {train_info.get('epochs_completed')} epochs at {train_info.get('imgsz')} px on CPU "
+            f"({(train_info.get('train_seconds') or 0) / 3600:.1f} h); a user with the full Kaggle download can "
             "retrain with `python -m cxr_core.detection prepare --kaggle DIR` then `train`.",
             "Research preview: not a medical device, not for diagnosis.",
         ],

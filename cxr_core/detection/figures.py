@@ -151,7 +151,7 @@ def predicted_vs_actual(weights: Path, split: str = "test", data: Path | None = 
     """Boxes per class: ground truth vs predictions at the model card's operating threshold."""
     import torch
 
-    from cxr_core.detection.detect import ultralytics_offline
+    from cxr_core.detection.detect import load_detector, trained_imgsz
     from cxr_core.detection.evaluate import _classes_of, split_files
 
     data = Path(data or settings.DETECTOR_DATA_DIR / "data.yaml")
@@ -160,16 +160,15 @@ def predicted_vs_actual(weights: Path, split: str = "test", data: Path | None = 
     card_path = Path(weights).with_suffix(".json")
     card = json.loads(card_path.read_text()) if card_path.is_file() else {}
     conf = float(card.get("operating_threshold") or settings.DETECTOR_CONF)
-    YOLO = ultralytics_offline()
     torch.set_num_threads(max(1, settings.TORCH_THREADS))
-    model = YOLO(str(weights), task="detect")
+    model, imgsz = load_detector(weights), trained_imgsz(weights)
     names = model.names
     actual, predicted = np.zeros(len(names), int), np.zeros(len(names), int)
     files = split_files(data, split)
     for img, lbl in files:
         for c in _classes_of(lbl):
             actual[c] += 1
-        res = model.predict(str(img), imgsz=settings.DETECTOR_IMGSZ, conf=conf, device="cpu", verbose=False)[0]
+        res = model.predict(str(img), imgsz=imgsz, conf=conf, device="cpu", verbose=False)[0]
         for c in res.boxes.cls.cpu().numpy().astype(int):
             predicted[c] += 1
     return {

@@ -20,7 +20,7 @@ import numpy as np
 import yaml
 
 from cxr_core import settings
-from cxr_core.detection.detect import ultralytics_offline
+from cxr_core.detection.detect import trained_imgsz, ultralytics_offline
 
 DEFAULT_CONFIG = Path(__file__).with_name("default.yaml")
 RUNS_DIR = settings.CACHE_DIR / "detection" / "runs"
@@ -112,7 +112,7 @@ def train(config: Path | None = None, resume: bool = False, threads: int = 1, **
     elapsed = time.time() - t0
     info_path = rdir / "train_time.json"
     prev = json.loads(info_path.read_text()).get("seconds", 0.0) if (resume and info_path.is_file()) else 0.0
-    info_path.write_text(json.dumps({"seconds": prev + elapsed}))
+    info_path.write_text(json.dumps({"seconds": prev + elapsed, "threads": threads}))
     _log(f"training finished in {elapsed / 60:.1f} min (this session); run dir {rdir}", log)
     return rdir
 
@@ -131,7 +131,7 @@ def select_checkpoint(rdir: Path, data: Path | None = None) -> tuple[Path, dict]
         p = rdir / "weights" / name
         if not p.is_file():
             continue
-        m, names = run_validator(p, data, "val", settings.DETECTOR_IMGSZ)
+        m, names = run_validator(p, data, "val", trained_imgsz(p))
         tb = [i for i, c in enumerate(m.box.ap_class_index) if names[int(c)] in settings.TB_CLASSES]
         scores[name] = float(np.asarray(m.box.all_ap)[tb, 0].mean()) if tb else 0.0
     if not scores:
@@ -169,7 +169,8 @@ def run_summary(rdir: Path) -> dict:
     if args.is_file():
         a = yaml.safe_load(args.read_text())
         out.update(imgsz=a.get("imgsz"), batch=a.get("batch"), epochs_planned=a.get("epochs"),
-                   optimizer=a.get("optimizer"), lr0=a.get("lr0"), time_budget_h=a.get("time"))
+                   optimizer=a.get("optimizer"), lr0=a.get("lr0"), time_budget_h=a.get("time"),
+                   frozen_layers=a.get("freeze"))
     res = rdir / "results.csv"
     if res.is_file():
         import pandas as pd
@@ -183,7 +184,7 @@ def run_summary(rdir: Path) -> dict:
     ex = rdir / "export.json"
     if ex.is_file():
         out["checkpoint_selection"] = json.loads(ex.read_text())
-    tt = rdir / "train_time.json"
-    if tt.is_file() and "train_seconds" not in out:
-        out["train_seconds"] = json.loads(tt.read_text()).get("seconds")
+    tt = json.loads((rdir / "train_time.json").read_text()) if (rdir / "train_time.json").is_file() else {}
+    out.setdefault("train_seconds", tt.get("seconds"))
+    out["torch_threads"] = tt.get("threads", 1)  # runs before threads were recorded used 1
     return out
