@@ -80,9 +80,12 @@ def balanced_sampler(labels: np.ndarray, seed: int) -> WeightedRandomSampler:
     )
 
 
-def lr_schedule(epoch: int, base_lr: float) -> float:
-    """The paper's schedule: halve every 5 epochs, never below 1e-6."""
-    return max(base_lr * 0.5 ** (epoch // 5), 1e-6)
+PAPER_LR_STEP = 5  # the paper halves the learning rate every 5 epochs
+
+
+def lr_schedule(epoch: int, base_lr: float, step: int = PAPER_LR_STEP) -> float:
+    """Halve every `step` epochs, never below 1e-6: longer runs need a longer step or they idle at 1e-6."""
+    return max(base_lr * 0.5 ** (epoch // step), 1e-6)
 
 
 @torch.inference_mode()
@@ -146,7 +149,8 @@ class Run:
 
 def train_full(model: nn.Module, name: str, train: CachedSplit, val: CachedSplit, args: argparse.Namespace) -> dict[str, Any]:
     family = SPECS[name].family
-    run = Run(f"{name}-{train.images.shape[-1]}px{'-lungcrop' if args.lung_crop else ''}")
+    run = Run(f"{name}-{train.images.shape[-1]}px{'-lungcrop' if args.lung_crop else ''}"
+              f"{f'-lrstep{args.lr_step}' if args.lr_step != PAPER_LR_STEP else ''}")
     model = model.to(memory_format=torch.channels_last)
     if name == "vbreathnet":
         opt: torch.optim.Optimizer = torch.optim.RMSprop(model.parameters(), lr=args.lr)
@@ -174,7 +178,7 @@ def train_full(model: nn.Module, name: str, train: CachedSplit, val: CachedSplit
     for epoch in range(state["epoch"], args.epochs):
         torch.manual_seed(args.seed + epoch)
         loader.sampler.generator.manual_seed(args.seed + epoch)  # type: ignore[union-attr]
-        lr = lr_schedule(epoch, args.lr)
+        lr = lr_schedule(epoch, args.lr, args.lr_step)
         for g in opt.param_groups:
             g["lr"] = lr
         model.train()
@@ -247,7 +251,7 @@ def train_head(model: nn.Module, name: str, train: CachedSplit, val: CachedSplit
     state: dict[str, Any] = {"history": [], "best_acc": -1.0}
     best = None
     for epoch in tqdm(range(args.epochs), desc=f"{name} head", mininterval=10):
-        lr = lr_schedule(epoch, args.lr)
+        lr = lr_schedule(epoch, args.lr, args.lr_step)
         for g in opt.param_groups:
             g["lr"] = lr
         head.train()
@@ -307,6 +311,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     ap.add_argument("--epochs", type=int, default=None, help="default: 12 full-network, 40 head-only")
     ap.add_argument("--batch", type=int, default=32)
     ap.add_argument("--lr", type=float, default=1e-3)
+    ap.add_argument("--lr-step", type=int, default=PAPER_LR_STEP, help="halve the lr every N epochs (paper: 5)")
     ap.add_argument("--views", type=int, default=4, help="head mode: clean + augmented views of the train split")
     ap.add_argument("--lung-crop", type=Path, default=None, help="CSV of chest boxes (python -m cxr_core.lungs crop-boxes)")
     ap.add_argument("--no-quality-filter", action="store_true")
@@ -371,6 +376,8 @@ def main(argv: Sequence[str] | None = None) -> None:
         deviations.append("VGG16-BN at half width (every layer's channels halved) to stay under the 25 MB weight budget.")
     if name == "vbreathnet":
         deviations.append("bf16 autocast on CPU and per-image intensity stretch (1st-99th percentile) before the paper's rescaling.")
+    if args.lr_step != PAPER_LR_STEP:
+        deviations.append(f"Learning rate halved every {args.lr_step} epochs instead of the paper's {PAPER_LR_STEP}.")
     if args.lung_crop:
         deviations.append("Images cropped to the lung bounding box from the lung segmenter before resizing.")
     latency = measure_latency(model, size)
@@ -404,7 +411,7 @@ def main(argv: Sequence[str] | None = None) -> None:
             "epochs": state["epoch"], "best_epoch": state.get("best_epoch"), "seconds": state["seconds"],
             "batch": args.batch, "lr": args.lr, "seed": args.seed, "threads": args.threads,
             "optimizer": "RMSprop" if name == "vbreathnet" else "Adam",
-            "schedule": "lr halved every 5 epochs (min 1e-6)", "balanced_sampling": True,
+            "schedule": f"lr halved every {args.lr_step} epochs (min 1e-6)", "balanced_sampling": True,
             "augmentation": "rotation +-10 deg, shift 6 %, zoom 0.9-1.1, brightness/contrast 0.2, light blur; no flips",
             "history": state["history"],
             "command": "python -m cxr_core.train " + " ".join(argv if argv is not None else __import__("sys").argv[1:]),

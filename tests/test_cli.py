@@ -116,3 +116,9 @@ def test_head_mode_trains_only_the_head_of_a_frozen_imagenet_backbone(tiny_manif
     ref = torch.load(settings.MOBILENET_V2_IMAGENET, weights_only=True)
     key = next(iter(ref))
     assert torch.equal(clf.model.features.state_dict()[key], ref[key])  # backbone untouched by training
+
+
+def test_lr_schedule_halves_on_the_paper_step_and_on_a_longer_one() -> None:
+    assert [train.lr_schedule(e, 1e-3) for e in (0, 4, 5, 10)] == pytest.approx([1e-3, 1e-3, 5e-4, 2.5e-4])
+    assert [train.lr_schedule(e, 1e-3, step=8) for e in (0, 7, 8, 16)] == pytest.approx([1e-3, 1e-3, 5e-4, 2.5e-4])
+    assert train.lr_schedule(200, 1e-3) == 1e-6  # floor, as in the paper
