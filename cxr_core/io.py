@@ -12,7 +12,7 @@ import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from struct import error as struct_error
-from typing import BinaryIO, Union
+from typing import BinaryIO, Callable, Iterable, Union
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
@@ -114,6 +114,23 @@ def load_image(
             f"The file could not be read as an image ({type(exc).__name__}). "
             "It may be corrupt or truncated."
         ) from exc
+
+
+def check_each(paths: Iterable[Source], judge: Callable[[Source, CXRImage], bool]) -> int:
+    """Loop of the `check` CLIs: exit status 1 if any file is unreadable or judged bad, else 0.
+
+    `judge` prints its own verdict line; unreadable files get io's user-facing reason.
+    """
+    status = 0
+    for p in paths:
+        try:
+            image = load_image(p)
+        except ImageLoadError as exc:
+            print(f"{p}: unreadable: {exc}")
+            status = 1
+            continue
+        status = max(status, 0 if judge(p, image) else 1)
+    return status
 
 
 # --- bytes ---------------------------------------------------------------------------------

@@ -54,7 +54,7 @@ from typing import Any, Iterable, Sequence
 import numpy as np
 
 from cxr_core import settings
-from cxr_core.io import CXRImage, ImageLoadError, load_image
+from cxr_core.io import CXRImage, ImageLoadError, check_each, load_image
 
 N_COMPONENTS: int = 48
 FIT_QUANTILE: float = 0.995  # of the val-split scores ...
@@ -677,18 +677,13 @@ def cmd_check(args: argparse.Namespace) -> int:
     if not available():
         print(f"{weights_file()} not found; run: python -m cxr_core.ood fit", file=sys.stderr)
         return 2
-    status = 0
-    for p in args.files:
-        try:
-            img = load_image(p)
-        except ImageLoadError as exc:
-            print(f"{p}: unreadable: {exc}")
-            status = 1
-            continue
+
+    def judge(p: object, img: CXRImage) -> bool:
         ok, score, reason = is_chest_xray(img)
         print(f"{p}: {'chest X-ray' if ok else 'NOT a chest X-ray'}  score={score:.2f}  {reason}")
-        status = max(status, 0 if ok else 1)
-    return status
+        return ok
+
+    return check_each(args.files, judge)
 
 
 def main(argv: list[str] | None = None) -> int:

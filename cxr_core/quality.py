@@ -50,7 +50,7 @@ import cv2
 import numpy as np
 
 from cxr_core import settings
-from cxr_core.io import CXRImage, ImageLoadError, ImageMeta, load_image
+from cxr_core.io import CXRImage, ImageLoadError, ImageMeta, check_each, load_image
 
 Verdict = Literal["pass", "warn", "fail"]
 
@@ -503,20 +503,15 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 
 def cmd_check(args: argparse.Namespace) -> int:
-    status = 0
-    for p in args.files:
-        try:
-            image = load_image(p)
-        except ImageLoadError as exc:
-            print(f"{p}: unreadable: {exc}")
-            status = 1
-            continue
+
+    def judge(p: object, image: CXRImage) -> bool:
         rep = assess(image, args.thresholds, check_plausibility=not args.skip_plausibility)
         print(f"{p}: {rep.verdict.upper()}  " + " ".join(f"{k}={_fmt(v)}" for k, v in rep.metrics.items()))
         for r in rep.reasons:
             print(f"    - {r}")
-        status = max(status, 1 if rep.verdict == "fail" else 0)
-    return status
+        return rep.verdict != "fail"
+
+    return check_each(args.files, judge)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -23,7 +23,7 @@ import shutil
 from collections import Counter, defaultdict
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable
+from typing import Iterable, Iterator
 
 import numpy as np
 import pandas as pd
@@ -195,15 +195,22 @@ class _Summary:
         }
 
 
-def _add_tbx11k(out: Path, tbx_dir: Path, summary: _Summary) -> None:
-    df = pd.read_csv(tbx_dir / "labels.csv")
+def _shared_images(src_dir: Path) -> Iterator[tuple[str, pd.DataFrame, Path, str, tuple[int, int], tuple[int, int]]]:
+    """Per image of a shared set's labels.csv whose JPEG exists: id, its rows, path, split, original and stored size.
+
+    Box coordinates in these tables are in original pixels, so both sizes travel together.
+    """
+    df = pd.read_csv(src_dir / "labels.csv")
     for image_id, rows in df.groupby("image_id", sort=True):
-        src = tbx_dir / "images" / f"{image_id}.jpg"
+        src = src_dir / "images" / f"{image_id}.jpg"
         if not src.is_file():
             continue
-        split = str(rows["split"].iloc[0])
-        stored = _image_size(src)
         orig = (int(rows["orig_width"].iloc[0]), int(rows["orig_height"].iloc[0]))
+        yield str(image_id), rows, src, str(rows["split"].iloc[0]), orig, _image_size(src)
+
+
+def _add_tbx11k(out: Path, tbx_dir: Path, summary: _Summary) -> None:
+    for image_id, rows, src, split, orig, stored in _shared_images(tbx_dir):
         boxes = [
             LabeledBox(TB_SOURCE_TO_ID[r.source_class], r.x_min, r.y_min, r.x_max, r.y_max)
             for r in rows.itertuples()
@@ -233,14 +240,7 @@ def prepare_shared(
     out = Path(out)
     _reset(out)
     summary = _Summary()
-    df = pd.read_csv(vinbig_dir / "labels.csv")
-    for image_id, rows in df.groupby("image_id", sort=True):
-        src = vinbig_dir / "images" / f"{image_id}.jpg"
-        if not src.is_file():
-            continue
-        split = str(rows["split"].iloc[0])
-        orig = (int(rows["orig_width"].iloc[0]), int(rows["orig_height"].iloc[0]))
-        stored = _image_size(src)
+    for image_id, rows, src, split, orig, stored in _shared_images(vinbig_dir):
         boxes = rescale_boxes(fuse_radiologists(rows, *orig), orig, stored)
         _link(src, out / "images" / split / f"{image_id}.jpg")
         _write_label(out, split, str(image_id), yolo_lines(boxes, stored))
