@@ -217,6 +217,21 @@ def ablation_table(pair: Mapping[str, Mapping[str, Any]]) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+ABLATION_RECIPE = (("input_size",), ("mode",), ("training", "epochs"), ("training", "schedule"), ("training", "lr"),
+                   ("training", "batch"), ("training", "seed"), ("data", "manifest_sha256"))
+
+
+def ablation_mismatch(pair: Mapping[str, Mapping[str, Any]]) -> list[str]:
+    """Recipe fields in which the two runs differ: an ablation only means something if these agree."""
+    base, variant = list(pair.values())[:2]
+    out = []
+    for keys in ABLATION_RECIPE:
+        a, b = _get(base, *keys), _get(variant, *keys)
+        if a != b:
+            out.append(f"{'.'.join(keys)}: {a} vs {b}")
+    return out
+
+
 def ablation_choice(pair: Mapping[str, Mapping[str, Any]]) -> str | None:
     """Which variant the selection rule (higher validation accuracy) keeps as the shipped default."""
     scored = {display_name(n, c): _num(split_metrics(c, "val").get("accuracy")) for n, c in pair.items()}
@@ -224,7 +239,10 @@ def ablation_choice(pair: Mapping[str, Mapping[str, Any]]) -> str | None:
         return None
     best = max(scored, key=scored.get)
     others = ", ".join(f"{n} {v:.3f}" for n, v in scored.items() if n != best)
-    return f"Default by the rule (higher validation accuracy): **{best}** ({scored[best]:.3f} vs {others})."
+    mismatch = ablation_mismatch(pair)
+    caveat = (f" The two runs differ in more than the crop ({'; '.join(mismatch)}): not a like-for-like comparison."
+              if mismatch else "")
+    return f"Default by the rule (higher validation accuracy): **{best}** ({scored[best]:.3f} vs {others}).{caveat}"
 
 
 def trained(cards: Mapping[str, Mapping[str, Any] | None]) -> dict[str, Mapping[str, Any]]:

@@ -249,3 +249,17 @@ def test_ablation_default_is_chosen_on_validation_not_test(weights):
     path.write_text(json.dumps(variant))
     pair = dashboard.ablation_pairs(dashboard.load_cards())["mobilenet_v2"]
     assert "**MobileNetV2 + lung crop** (0.950 vs MobileNetV2 0.910)" in dashboard.ablation_choice(pair)
+    assert "not a like-for-like" not in dashboard.ablation_choice(pair)
+
+
+def test_ablation_with_another_recipe_is_flagged(weights):
+    write_cards(weights, ("mobilenet_v2",))
+    (weights / "ablations").mkdir()
+    variant = make_card("mobilenet_v2", acc=0.8)
+    variant["display_name"] = "MobileNetV2 + lung crop"
+    variant["training"]["epochs"] = 99  # the shipped card trained for 3 epochs
+    (weights / "ablations" / "mobilenet_v2.json").write_text(json.dumps(variant))
+    pair = dashboard.ablation_pairs(dashboard.load_cards())["mobilenet_v2"]
+    mismatch = dashboard.ablation_mismatch(pair)
+    assert len(mismatch) == 1 and mismatch[0].startswith("training.epochs:") and mismatch[0].endswith("vs 99")
+    assert "not a like-for-like comparison" in dashboard.ablation_choice(pair)
