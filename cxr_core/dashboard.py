@@ -793,6 +793,25 @@ def filter_boxes(boxes: Iterable[Any], conf: float = 0.0, classes: Iterable[str]
     return [b for b in boxes if float(b.confidence) >= conf and (keep is None or b.label in keep)]
 
 
+NORMAL_SCOPE_NOTE = ("\"Normal\" means no COVID-19 or viral-pneumonia pattern: this classifier knows only those three "
+                     "classes and does not look for tuberculosis, nodules, effusion or other disease.")
+
+
+def box_conflict(prediction: Any, boxes: Iterable[Any]) -> str | None:
+    """Warn when validated detector findings sit on an image the classifier calls Normal.
+
+    The two models answer different questions; a clinician must not read "Normal" as a clean chest
+    while the detector marks a lesion it was validated for.
+    """
+    if prediction is None or getattr(prediction, "abstained", True) or prediction.predicted != "normal":
+        return None
+    found = sorted({b.label for b in boxes if getattr(b, "validated", False)})
+    if not found:
+        return None
+    return (f"The detector marks {', '.join(found)} while the classifier suggests Normal. " + NORMAL_SCOPE_NOTE
+            + " Review the marked regions.")
+
+
 def boxes_table(boxes: Iterable[Any]) -> pd.DataFrame:
     rows = [{
         "Finding": b.label,

@@ -210,6 +210,8 @@ def main() -> None:
                 # stacked, not side by side: "Viral Pneumonia" does not fit half a column at metric size
                 st.metric("Suggested class", prediction.label)
                 st.metric("Calibrated confidence", dashboard.format_probability(prediction.confidence))
+                if prediction.predicted == "normal":
+                    st.caption(dashboard.NORMAL_SCOPE_NOTE)
             st.plotly_chart(
                 dashboard.probability_figure(prediction.probabilities, prediction.predicted, prediction.abstained),
                 config={"displayModeBar": False}, key="dx_probs",
@@ -353,6 +355,9 @@ def main() -> None:
                                "with too few test examples to measure accuracy. Treat them as hints only.")
             else:
                 st.caption("No box above the threshold.")
+            conflict = dashboard.box_conflict(prediction, shown_boxes)
+            if conflict:
+                notes.append(conflict)  # shown below and carried into the report
             limits_box({"known_limits": dashboard.detector_limits(det_card)}, "Known limits of the detector")
         for n in notes:
             st.warning(n, icon=":material/warning:")

@@ -238,9 +238,11 @@ def test_detector_page_with_files(weights):
 def test_boxes_and_lung_layers_with_stub_detector(trained, monkeypatch):
     """The detector and segmenter are replaced by stubs (their own tests live with them); the page must
     draw both layers on the same image, list the boxes, flag unvalidated classes and filter by threshold."""
+    import dataclasses
+
     import numpy as np
 
-    from cxr_core import detection, lungs
+    from cxr_core import classify, detection, lungs
 
     boxes = [detection.Box(40.0, 50.0, 120.0, 140.0, 14, "Active tuberculosis", 0.81, True),
              detection.Box(150.0, 60.0, 200.0, 100.0, 0, "Aortic enlargement", 0.30, False)]
@@ -259,13 +261,23 @@ def test_boxes_and_lung_layers_with_stub_detector(trained, monkeypatch):
 
     monkeypatch.setattr(lungs, "segment", fake_segment)
     monkeypatch.setattr(lungs, "load_segmenter", lambda *a, **k: None)
+    real_predict = classify.predict  # the fixture model's class is arbitrary: make it say Normal
+
+    def says_normal(image, clf, **k):
+        p = real_predict(image, clf, **k)
+        return dataclasses.replace(p, predicted="normal", confidence=0.96, abstained=False, reasons=[])
+
+    monkeypatch.setattr(classify, "predict", says_normal)
 
     at = _upload(_app(), ("chest.png", chest_png_bytes(256), "image/png"))
+    assert "does not look for tuberculosis" in _texts(at, "caption")
     at.toggle(key="dx_boxes").set_value(True).run()
     assert not at.exception, [e.value for e in at.exception]
     table = at.dataframe[0].value
     assert list(table["Finding"]) == ["Active tuberculosis", "Aortic enlargement"]
     assert list(table["Validated"]) == ["yes", "not validated"]
+    conflict = [w for w in _texts(at, "warning").splitlines() if "classifier suggests Normal" in w]
+    assert conflict and "Active tuberculosis" in conflict[0] and "Aortic enlargement" not in conflict[0]
     assert "research preview — trained on 647 images" in _texts(at, "markdown")
     assert "not validated" in _texts(at, "caption")
     at.slider(key="dx_box_conf").set_value(0.5).run()

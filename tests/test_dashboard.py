@@ -263,3 +263,15 @@ def test_ablation_with_another_recipe_is_flagged(weights):
     mismatch = dashboard.ablation_mismatch(pair)
     assert len(mismatch) == 1 and mismatch[0].startswith("training.epochs:") and mismatch[0].endswith("vs 99")
     assert "not a like-for-like comparison" in dashboard.ablation_choice(pair)
+
+
+def test_box_conflict_only_for_validated_findings_on_a_normal_call():
+    box = lambda label, validated: SimpleNamespace(label=label, validated=validated)  # noqa: E731
+    normal = SimpleNamespace(predicted="normal", abstained=False)
+    boxes = [box("Active tuberculosis", True), box("Nodule/Mass", False)]
+    msg = dashboard.box_conflict(normal, boxes)
+    assert msg.startswith("The detector marks Active tuberculosis while") and "Nodule" not in msg
+    assert dashboard.box_conflict(normal, [box("Nodule/Mass", False)]) is None
+    assert dashboard.box_conflict(SimpleNamespace(predicted="covid", abstained=False), boxes) is None
+    assert dashboard.box_conflict(SimpleNamespace(predicted="normal", abstained=True), boxes) is None
+    assert dashboard.box_conflict(None, boxes) is None
