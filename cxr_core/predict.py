@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any, Iterator, Sequence
 
 import torch
+from tqdm import tqdm
 
 from cxr_core import settings
 from cxr_core.classify import predict
@@ -78,7 +79,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.cam and len(files) != 1:
         print("--cam needs exactly one image.", file=sys.stderr)
         return 2
-    rows = [predict_row(f, args.model) for f in files]
+    rows = [predict_row(f, args.model)
+            for f in tqdm(files, desc="predict", unit="image", disable=len(files) < 2, file=sys.stderr, mininterval=5)]
     columns = ["file", *[f"p_{c}" for c in settings.CLASSES], "predicted", "confidence", "abstained", "quality", "reasons", "error"]
     out = open(args.csv, "w", newline="") if args.csv else sys.stdout
     try:
