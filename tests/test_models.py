@@ -82,8 +82,7 @@ def test_committed_vbreathnet_reproduces_its_model_card_through_the_app_path() -
     that the model card reports (computed in training from the decoded cache, in bf16): a drift in
     preprocessing, weights or calibration shows up here. It also has to be far above chance.
 
-    The issue asked for >= 90 % on 90 test images; the shipped 128 px model reaches 89.3 % on the
-    whole test split (see its card), so that bar is not claimed here."""
+    The >= 90 % bar on 90 test images is checked in the next test."""
     from cxr_core.classify import predict
     from cxr_core.io import load_image
 
@@ -94,3 +93,18 @@ def test_committed_vbreathnet_reproduces_its_model_card_through_the_app_path() -
     assert len(rows) == clf.card["metrics"]["test"]["n"]
     assert abs(accuracy - clf.card["metrics"]["test"]["accuracy"]) <= 0.01, f"{accuracy:.4f} vs card"
     assert accuracy > 0.8  # chance is 1/3
+
+
+@requires_cxr3
+@pytest.mark.skipif(not weights_path("vbreathnet").is_file(), reason="weights/vbreathnet.pt not trained yet")
+def test_committed_vbreathnet_scores_at_least_90_percent_on_90_test_images() -> None:
+    """The issue's bar, on the suite's usual seeded sample (seed 0) of the test split, through the app's path.
+    This sample scores 87/90; the whole test split is at 90.0 % (model card), so the margin here is
+    larger than the model's: the card, not this test, is the accuracy claim."""
+    from cxr_core.classify import predict
+    from cxr_core.io import load_image
+
+    clf = load_classifier("vbreathnet")
+    rows = cxr3_rows("test", n=90)
+    correct = sum(predict(load_image(settings.CXR3_DIR / r["path"]), clf).predicted == r["label"] for r in rows)
+    assert correct / 90 >= 0.90, f"{correct}/90"
