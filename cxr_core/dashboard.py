@@ -970,7 +970,7 @@ def main() -> None:
     print(markdown_table(per_group_table(cards)))
     pairs = ablation_pairs(cards)
     if pairs:
-        print("\n### Ablation: lung crop (same training, images cropped to the segmented lungs)")
+        print("\n### Ablation: lung crop (shipped model beside a run on images cropped to the segmented lungs)")
     for pair in pairs.values():
         print("\n" + markdown_table(ablation_table(pair)))
         print("\n" + (ablation_choice(pair) or ""))

@@ -95,11 +95,11 @@ pairs = dashboard.ablation_pairs(cards)
 if not pairs:
     st.info("No ablation runs in weights/ablations/ yet.")
 for name, pair in pairs.items():
-    st.markdown(f"**{dashboard.display_name(name, cards[name])}**: the same training with and without cropping "
-                "every image to the lung bounding box from the lung segmenter (`--lung-crop`).")
+    st.markdown(f"**{dashboard.display_name(name, cards[name])}**: the shipped model beside a run with every image "
+                "cropped to the lung bounding box from the lung segmenter (`--lung-crop`).")
     st.table(dashboard.styled(dashboard.ablation_table(pair)))
     choice = dashboard.ablation_choice(pair)
     if choice:
-        st.markdown(choice)
+        (st.warning if dashboard.ablation_mismatch(pair) else st.markdown)(choice)
     st.table(dashboard.comparison_styler(dashboard.comparison_table(pair, split).drop(columns=["Status"])))
     st.table(dashboard.styled(dashboard.per_group_table(pair, split)))

@@ -13,9 +13,9 @@ import pytest
 
 from app_fixtures import (
     chest_png_bytes,
+    make_card,
     real_cxr3_image,
     write_cards,
-    write_detector_files,
     write_detector_files,
     write_vbreathnet_checkpoint,
 )
@@ -219,6 +219,25 @@ def test_compare_page_with_cards(weights):
     at.segmented_control(key="cmp_split").set_value("val").run()
     assert not at.exception
     assert "Measured here: val accuracy" in at.table[0].value.columns
+
+
+def test_compare_page_flags_an_ablation_with_another_recipe(weights):
+    import json
+
+    write_cards(weights, ("vbreathnet",))
+    (weights / "ablations").mkdir()
+    variant = make_card("vbreathnet", acc=0.85)
+    variant["display_name"] = "V-BreathNet + lung crop"
+    (weights / "ablations" / "vbreathnet.json").write_text(json.dumps(variant))
+    at = _app()
+    at.switch_page("pages/compare.py").run()
+    assert not at.exception, at.exception
+    assert "Default by the rule (higher validation accuracy): **V-BreathNet**" in _texts(at, "markdown")
+    assert "like-for-like" not in _texts(at, "warning")
+    variant["training"]["epochs"] = 30
+    (weights / "ablations" / "vbreathnet.json").write_text(json.dumps(variant))
+    at.run()
+    assert "training.epochs: 3 vs 30" in _texts(at, "warning")
 
 
 def test_detector_page_with_files(weights):
