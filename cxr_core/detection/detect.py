@@ -146,14 +146,19 @@ def _load(path: str):
     return model, validated, imgsz
 
 
+def _loaded(path: str | Path | None):
+    """(model, validated classes, training size) for ``path`` (default weights/detector.pt), once per file."""
+    return _load(str(Path(path or settings.DETECTOR_WEIGHTS).resolve()))
+
+
 def trained_imgsz(path: str | Path | None = None) -> int:
     """The input size a checkpoint was trained at: validation and inference must use the same."""
-    return _load(str(Path(path or settings.DETECTOR_WEIGHTS).resolve()))[2]
+    return _loaded(path)[2]
 
 
 def load_detector(path: str | Path | None = None):
     """The YOLO model at ``path`` (default weights/detector.pt), loaded once per process."""
-    return _load(str(Path(path or settings.DETECTOR_WEIGHTS).resolve()))[0]
+    return _loaded(path)[0]
 
 
 def _rgb(image: CXRImage) -> np.ndarray:
@@ -173,7 +178,7 @@ def detect(
 
     ``classes`` restricts the output to these labels (names from settings.DETECTOR_CLASSES).
     """
-    model, validated, train_imgsz = _load(str(Path(weights or settings.DETECTOR_WEIGHTS).resolve()))
+    model, validated, train_imgsz = _loaded(weights)
     names = model.names
     class_ids = None
     if classes is not None:
