@@ -218,7 +218,8 @@ def ablation_table(pair: Mapping[str, Mapping[str, Any]]) -> pd.DataFrame:
 
 
 ABLATION_RECIPE = (("input_size",), ("mode",), ("training", "epochs"), ("training", "schedule"), ("training", "lr"),
-                   ("training", "batch"), ("training", "seed"), ("data", "manifest_sha256"))
+                   ("training", "batch"), ("training", "seed"), ("training", "weight_ema"), ("data", "manifest_sha256"))
+RECIPE_DEFAULTS = {("training", "weight_ema"): 0.0}  # cards written before the field existed
 
 
 def ablation_mismatch(pair: Mapping[str, Mapping[str, Any]]) -> list[str]:
@@ -226,7 +227,7 @@ def ablation_mismatch(pair: Mapping[str, Mapping[str, Any]]) -> list[str]:
     base, variant = list(pair.values())[:2]
     out = []
     for keys in ABLATION_RECIPE:
-        a, b = _get(base, *keys), _get(variant, *keys)
+        a, b = (_get(c, *keys) if _get(c, *keys) is not None else RECIPE_DEFAULTS.get(keys) for c in (base, variant))
         if a != b:
             out.append(f"{'.'.join(keys)}: {a} vs {b}")
     return out

@@ -118,6 +118,30 @@ def test_head_mode_trains_only_the_head_of_a_frozen_imagenet_backbone(tiny_manif
     assert torch.equal(clf.model.features.state_dict()[key], ref[key])  # backbone untouched by training
 
 
+@requires_cxr3
+def test_weight_ema_is_what_gets_scored_shipped_and_resumed(tiny_manifest: Path, isolated: Path) -> None:
+    import torch
+
+    common = ["--model", "vbreathnet", "--manifest", str(tiny_manifest), "--size", "64", "--batch", "8",
+              "--threads", "1", "--ema", "0.9", "--out-dir", str(isolated)]
+    train.main(common + ["--epochs", "1"])
+    run = settings.CACHE_DIR / "runs" / "vbreathnet-64px-ema0.9"
+    last = torch.load(run / "last.pt", weights_only=True)
+    shipped = torch.load(isolated / "vbreathnet.pt", weights_only=True)["state_dict"]
+    key = "features.0.weight"
+    assert torch.equal(shipped[key], last["ema"][f"module.{key}"])  # one epoch: best = the EMA after it
+    assert not torch.equal(shipped[key], last["model"][key])  # and the EMA is not the raw weights
+    steps = int(last["ema"]["n_averaged"])
+    assert steps == 3  # 24 training images, batches of 8
+
+    train.main(common + ["--epochs", "2"])  # resumes at epoch 1, EMA included
+    card = json.loads((isolated / "vbreathnet.json").read_text())
+    assert len(card["training"]["history"]) == 2 and card["training"]["weight_ema"] == 0.9
+    assert any("moving average" in d for d in card["deviations"])
+    assert "resumed at epoch 1" in (run / "log.txt").read_text()
+    assert int(torch.load(run / "last.pt", weights_only=True)["ema"]["n_averaged"]) == 2 * steps
+
+
 def test_lr_schedule_halves_on_the_paper_step_and_on_a_longer_one() -> None:
     assert [train.lr_schedule(e, 1e-3) for e in (0, 4, 5, 10)] == pytest.approx([1e-3, 1e-3, 5e-4, 2.5e-4])
     assert [train.lr_schedule(e, 1e-3, step=8) for e in (0, 7, 8, 16)] == pytest.approx([1e-3, 1e-3, 5e-4, 2.5e-4])

@@ -263,6 +263,12 @@ def test_ablation_with_another_recipe_is_flagged(weights):
     mismatch = dashboard.ablation_mismatch(pair)
     assert len(mismatch) == 1 and mismatch[0].startswith("training.epochs:") and mismatch[0].endswith("vs 99")
     assert "not a like-for-like comparison" in dashboard.ablation_choice(pair)
+    variant["training"]["epochs"] = pair["mobilenet_v2"]["training"]["epochs"]
+    variant["training"]["weight_ema"] = 0.0  # a card from before the field existed means the same: no EMA
+    pair["mobilenet_v2 (variant)"] = variant
+    assert "weight_ema" not in pair["mobilenet_v2"]["training"] and dashboard.ablation_mismatch(pair) == []
+    variant["training"]["weight_ema"] = 0.998
+    assert dashboard.ablation_mismatch(pair) == ["training.weight_ema: 0.0 vs 0.998"]
 
 
 def test_box_conflict_only_for_validated_findings_on_a_normal_call():
