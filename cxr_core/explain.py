@@ -472,13 +472,18 @@ def run_sanity(
     seed: int = settings.SEED,
     clf: Classifier | None = None,
     progress: bool = False,
+    layer: str | None = None,
 ) -> dict[str, Any]:
-    """Model-randomisation (Spearman) and deletion-curve checks on `n` real cxr3 test images."""
+    """Model-randomisation (Spearman) and deletion-curve checks on `n` real cxr3 test images.
+
+    `layer` (a module name such as "features.22") checks another CAM layer than the model's default,
+    to compare layers on the same images before changing `cam_layer`."""
     from cxr_core.io import load_image
 
     t0 = time.time()
     clf = clf or load_classifier(model)
     rand = randomised_copy(clf, seed)
+    target, target_rand = (_named_layer(c, layer) for c in (clf, rand)) if layer else (None, None)
     rng = np.random.default_rng(seed)
     images = _sample_test_images(n, seed)
     rhos, auc_sal, auc_rnd, curves_sal, curves_rnd, rows = [], [], [], [], [], []
@@ -489,9 +494,9 @@ def run_sanity(
         img = load_image(path)
         std = standardise(img.pixels, clf.input_size)
         x = to_model_tensor(std[None], clf.family)
-        maps, logits = cam_at_input(clf, x, None, method)
+        maps, logits = cam_at_input(clf, x, None, method, target)
         pred = int(np.argmax(logits[0]))
-        maps_rand, _ = cam_at_input(rand, x, pred, method)  # same class, random weights
+        maps_rand, _ = cam_at_input(rand, x, pred, method, target_rand)  # same class, random weights
         rho = _spearman(maps[0], maps_rand[0])
         fractions, p_sal, p_rnd, p_patch = deletion_curve(clf, std, maps[0], pred, steps, rng, patch=patch)
         a_s, a_r, a_p = _auc(fractions, p_sal), _auc(fractions, p_rnd), _auc(fractions, p_patch)
@@ -522,7 +527,8 @@ def run_sanity(
     return {
         "model": clf.name,
         "method": method,
-        "cam_layer": _layer_name(clf),
+        "cam_layer": _layer_name(clf, target),
+        "cam_layer_is_default": target is None or target is clf.cam_layer,
         "n_images": len(images),
         "split": "test",
         "seed": seed,
@@ -583,8 +589,16 @@ def classifier_from_checkpoint(name: str, path: str | Path, input_size: int | No
     return Classifier(name=name, spec=SPECS[name], model=net, input_size=size, temperature=temperature)
 
 
-def _layer_name(clf: Classifier) -> str:
-    layer = clf.cam_layer
+def _named_layer(clf: Classifier, name: str) -> nn.Module:
+    modules = dict(clf.model.named_modules())
+    if name not in modules:
+        spatial = [n for n, m in modules.items() if isinstance(m, (nn.Conv2d, nn.BatchNorm2d))]
+        raise ValueError(f"{clf.name} has no layer '{name}'; conv/BN layers: {', '.join(spatial)}")
+    return modules[name]
+
+
+def _layer_name(clf: Classifier, layer: nn.Module | None = None) -> str:
+    layer = layer if layer is not None else clf.cam_layer
     for name, mod in clf.model.named_modules():
         if mod is layer:
             return f"{name} ({type(mod).__name__})"
@@ -618,6 +632,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     san.add_argument("--checkpoint", type=Path, default=None,
                      help="check a training checkpoint (e.g. cache/runs/vbreathnet-128px/best.pt) instead of weights/<model>.pt")
     san.add_argument("--size", type=int, default=None, help="input size of --checkpoint (if it does not record it)")
+    san.add_argument("--layer", default=None, help="CAM layer by module name (e.g. features.22); default: the model's cam_layer")
     img = sub.add_parser("image", help="write a heatmap overlay for one image")
     img.add_argument("image", type=Path)
     img.add_argument("--out", type=Path, required=True)
@@ -633,7 +648,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.cmd == "sanity":
             torch.set_num_threads(max(1, args.threads))
             clf = classifier_from_checkpoint(args.model, args.checkpoint, args.size) if args.checkpoint else None
-            result = run_sanity(args.n, args.model, args.method, args.steps, args.seed, clf=clf, progress=True)
+            result = run_sanity(args.n, args.model, args.method, args.steps, args.seed, clf=clf, progress=True,
+                                layer=args.layer)
             src = args.checkpoint or (settings.WEIGHTS_DIR / f"{args.model}.pt")
             result["weights_source"] = str(src)
             result["weights_modified"] = time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(Path(src).stat().st_mtime))
@@ -654,7 +670,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         save_overlay(args.out, overlay(image, heat))
         print(json.dumps(heat.to_dict()))
         return 0
-    except (ModelUnavailableError, FileNotFoundError, ImageLoadError) as exc:
+    except (ModelUnavailableError, FileNotFoundError, ImageLoadError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
 

@@ -34,6 +34,8 @@ def test_required_keys(tiny: dict) -> None:
         assert key in tiny, key
     assert tiny["n_images"] == 3 and tiny["source"] == "synthetic"
     assert tiny["threads"] == 1 and tiny["torch"] == torch.__version__
+    # timings depend on the CPU's vector units: the record says which the run had
+    assert tiny["machine"]["torch_cpu_capability"] == torch.backends.cpu.get_cpu_capability()
 
 
 def test_stage_numbers_are_positive(tiny: dict) -> None:

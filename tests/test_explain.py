@@ -405,6 +405,25 @@ def test_sanity_cli_writes_json(fake_weights) -> None:
     assert set(data["passed"]) == {"randomisation_spearman_below_0.5", "deletion_salient_below_random"}
 
 
+@requires_cxr3
+def test_sanity_cli_checks_another_layer_on_the_same_images(fake_weights, capsys) -> None:
+    import json
+
+    runs = {}
+    for layer in (None, "features.22"):
+        out = fake_weights / f"sanity_{layer}.json"
+        E.main(["sanity", "--n", "3", "--steps", "4", "--out", str(out), "--threads", "1"]
+               + (["--layer", layer] if layer else []))
+        runs[layer] = json.loads(out.read_text())
+    assert runs[None]["cam_layer"] == "features.27 (BatchNorm2d)" and runs[None]["cam_layer_is_default"]
+    assert runs["features.22"]["cam_layer"] == "features.22 (BatchNorm2d)"
+    assert runs["features.22"]["cam_layer_is_default"] is False
+    assert [r["path"] for r in runs[None]["images"]] == [r["path"] for r in runs["features.22"]["images"]]
+    assert runs[None]["deletion"]["curve_salient_mean"] != runs["features.22"]["deletion"]["curve_salient_mean"]
+    assert E.main(["sanity", "--n", "1", "--layer", "features.99", "--out", str(fake_weights / "x.json")]) == 2
+    assert "has no layer 'features.99'" in capsys.readouterr().err
+
+
 def test_cli_reports_missing_weights(tmp_path, monkeypatch, capsys) -> None:
     from cxr_core.models import load_classifier
 
