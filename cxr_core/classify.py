@@ -30,6 +30,7 @@ class Prediction:
     abstained: bool
     reasons: list[str] = field(default_factory=list)
     temperature: float = 1.0
+    age_group: str | None = None  # as given by the user or read from DICOM; None = not given
 
     @property
     def label(self) -> str:
@@ -45,6 +46,7 @@ class Prediction:
             "abstained": self.abstained,
             "reasons": list(self.reasons),
             "temperature": self.temperature,
+            "age_group": self.age_group,
         }
 
 
@@ -58,10 +60,28 @@ def calibrated_probs(logits: torch.Tensor, temperature: float) -> np.ndarray:
     return torch.softmax(logits.float() / temperature, dim=-1).cpu().numpy()
 
 
+def scope_reason(predicted: str, age_group: str | None) -> str | None:
+    """Why a call falls outside the population the model learned that class from, if it does."""
+    if age_group is None:
+        return None
+    if age_group not in settings.AGE_GROUPS:
+        raise ValueError(f"Unknown age group '{age_group}'. Known: {', '.join(settings.AGE_GROUPS)}")
+    if age_group == "other":
+        return ("The training data has no patients of this age (only adults and children aged 1-5), "
+                "so no class can be suggested.")
+    if age_group not in settings.TRAINED_AGE_GROUPS[predicted]:
+        who = "adults" if age_group == "adult" else "children"
+        label = settings.CLASS_LABELS[predicted]
+        return (f"The training data has no {label} in {who}, so a {label} call for this patient is outside "
+                "what the model learned.")
+    return None
+
+
 def decide(
-    probs: np.ndarray, threshold: float, quality: QualityReport | None = None
+    probs: np.ndarray, threshold: float, quality: QualityReport | None = None, age_group: str | None = None
 ) -> tuple[int, bool, list[str]]:
-    """(predicted index, abstained, reasons). Abstain on low confidence or failed quality."""
+    """(predicted index, abstained, reasons). Abstain on low confidence, failed quality, or a call
+    for a patient group the model never saw with that class."""
     idx = int(np.argmax(probs))
     reasons: list[str] = []
     if float(probs[idx]) < threshold:
@@ -70,6 +90,9 @@ def decide(
         )
     if quality is not None and not quality.ok:
         reasons.append("Image quality check failed: " + "; ".join(quality.reasons))
+    scope = scope_reason(settings.CLASSES[idx], age_group)
+    if scope:
+        reasons.append(scope)
     return idx, bool(reasons), reasons
 
 
@@ -79,11 +102,14 @@ def predict(
     clf: Classifier | str = settings.DEFAULT_CLASSIFIER,
     quality: QualityReport | None = None,
     box: Box | None = None,
+    age_group: str | None = None,
 ) -> Prediction:
+    """`age_group` defaults to what the DICOM header says (`ImageMeta.age_group`), if anything."""
     classifier = load_classifier(clf) if isinstance(clf, str) else clf
+    age_group = age_group or image.meta.age_group
     x = image_to_tensor(image, classifier.family, classifier.input_size, box)
     probs = calibrated_probs(classifier.model(x)[0], classifier.temperature)
-    idx, abstained, reasons = decide(probs, abstain_threshold(classifier), quality)
+    idx, abstained, reasons = decide(probs, abstain_threshold(classifier), quality, age_group)
     return Prediction(
         model=classifier.name,
         probabilities={c: float(p) for c, p in zip(settings.CLASSES, probs)},
@@ -92,4 +118,5 @@ def predict(
         abstained=abstained,
         reasons=reasons,
         temperature=classifier.temperature,
+        age_group=age_group,
     )

@@ -796,6 +796,8 @@ def filter_boxes(boxes: Iterable[Any], conf: float = 0.0, classes: Iterable[str]
 
 NORMAL_SCOPE_NOTE = ("\"Normal\" means no COVID-19 or viral-pneumonia pattern: this classifier knows only those three "
                      "classes and does not look for tuberculosis, nodules, effusion or other disease.")
+AGE_SCOPE_NOTE = ("Age group not given, so the age check was not applied: the training data has COVID-19 only in "
+                  "adults and viral pneumonia only in children aged 1-5. Set the age group in the sidebar.")
 
 
 def box_conflict(prediction: Any, boxes: Iterable[Any]) -> str | None:

@@ -30,6 +30,10 @@ from sklearn.metrics import (
 from tqdm import tqdm
 
 from cxr_core import settings
+from cxr_core.classify import abstain_threshold, calibrated_probs, decide
+from cxr_core.io import load_image
+from cxr_core.models import load_classifier
+from cxr_core.preprocess import image_to_tensor
 
 GROUP_COLUMNS = ("source", "age_group")
 ECE_BINS = 15
@@ -110,11 +114,6 @@ def compute_metrics(
 
 def predict_files(model_name: str, files: Sequence[str]) -> tuple[np.ndarray, float]:
     """Calibrated probabilities for files through the app's own path; mean single-image latency (ms)."""
-    from cxr_core.classify import calibrated_probs
-    from cxr_core.io import load_image
-    from cxr_core.models import load_classifier
-    from cxr_core.preprocess import image_to_tensor
-
     clf = load_classifier(model_name)
     probs, times = [], []
     with torch.inference_mode():
@@ -125,6 +124,32 @@ def predict_files(model_name: str, files: Sequence[str]) -> tuple[np.ndarray, fl
             times.append(time.perf_counter() - t)
             probs.append(calibrated_probs(logits[0], clf.temperature))
     return np.stack(probs), float(np.mean(times) * 1000.0)
+
+
+def abstention_summary(y_true: np.ndarray, probs: np.ndarray, threshold: float,
+                       age_groups: Sequence[Any] | None = None) -> dict[str, Any]:
+    """The app's abstention rule (classify.decide, without the quality gate) on these predictions:
+    how many it answers and how accurate those are, and with the age-group scope rule on top when
+    the data says each image's age group."""
+    def run(groups: Sequence[str | None]) -> dict[str, Any]:
+        decisions = [decide(p, threshold, None, g) for p, g in zip(probs, groups)]
+        answered = np.array([not d[1] for d in decisions])
+        correct = np.array([d[0] for d in decisions]) == y_true
+        return {"coverage": float(answered.mean()) if len(answered) else float("nan"),
+                "accuracy_answered": float(correct[answered].mean()) if answered.any() else float("nan"),
+                "n_answered": int(answered.sum())}
+
+    out: dict[str, Any] = {"threshold": threshold, "quality_gate": "not applied", **run([None] * len(y_true))}
+    if age_groups is not None:
+        groups = [g if g in settings.AGE_GROUPS else None for g in age_groups]
+        scoped = run(groups)
+        conf_ok = probs.max(1) >= threshold
+        in_scope = np.array([decide(p, 0.0, None, g)[1] is False for p, g in zip(probs, groups)])
+        stopped = conf_ok & ~in_scope  # answered on confidence, stopped by the scope rule alone
+        scoped["stopped_by_age_scope"] = int(stopped.sum())
+        scoped["stopped_by_age_scope_wrong"] = int((stopped & (probs.argmax(1) != y_true)).sum())
+        out["with_age_scope"] = scoped
+    return out
 
 
 def evaluate(model_name: str, data: Path, split: str | None = "test") -> dict[str, Any]:
@@ -140,6 +165,8 @@ def evaluate(model_name: str, data: Path, split: str | None = "test") -> dict[st
     probs, latency = predict_files(model_name, df["file"].tolist())
     y = df["label"].map(CLASS_TO_INDEX).to_numpy()
     out = compute_metrics(y, probs, df)
+    out["abstention"] = abstention_summary(y, probs, abstain_threshold(load_classifier(model_name)),
+                                           df["age_group"].tolist() if "age_group" in df.columns else None)
     out.update({"model": model_name, "data": str(data), "split": None if is_folder else split, "mean_latency_ms": latency})
     return out
 
@@ -162,6 +189,11 @@ def main(argv: Sequence[str] | None = None) -> None:
         f"{args.model}: n={metrics['n']} accuracy={metrics['accuracy']:.4f} macro_f1={metrics['macro_f1']:.4f} "
         f"ece={metrics['ece']:.4f} latency={metrics['mean_latency_ms']:.1f} ms"
     )
+    ab = metrics["abstention"]
+    for label, a in (("confidence rule", ab), ("+ age-group scope", ab.get("with_age_scope"))):
+        if a:
+            print(f"  {label}: answers {a['coverage']:.1%} ({a['n_answered']}/{metrics['n']}), "
+                  f"accuracy on those {a['accuracy_answered']:.4f}")
 
 
 if __name__ == "__main__":

@@ -12,7 +12,7 @@ import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from struct import error as struct_error
-from typing import BinaryIO, Callable, Iterable, Union
+from typing import Any, BinaryIO, Callable, Iterable, Union
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
@@ -62,6 +62,9 @@ class ImageMeta:
     view_position: str | None = None
     pixel_spacing: tuple[float, float] | None = None
     identifiers: dict[str, str] = field(default_factory=dict)
+    # Coarse band from DICOM PatientAge (settings.AGE_GROUPS), kept even when identifiers are not:
+    # the classifier needs it to know whether a call is inside its training population.
+    age_group: str | None = None
 
 
 @dataclass(frozen=True)
@@ -497,6 +500,25 @@ def _downscale(pixels: np.ndarray) -> tuple[np.ndarray, bool]:
 # --- DICOM -------------------------------------------------------------------------------------
 
 
+def age_group_for_years(years: float) -> str:
+    """Map an age to the training data's groups: only adults and children aged 1-5 were seen."""
+    low, high = settings.PAEDIATRIC_AGE_YEARS
+    if years >= settings.ADULT_AGE_YEARS:
+        return "adult"
+    return "paediatric" if low <= years < high + 1 else "other"
+
+
+_AGE_UNITS = {"D": 365.25, "W": 365.25 / 7, "M": 12.0, "Y": 1.0}
+
+
+def _dicom_age_group(value: Any) -> str | None:
+    """PatientAge is an Age String, nnnD / nnnW / nnnM / nnnY; anything else counts as not given."""
+    text = str(value or "").strip().upper()
+    if len(text) != 4 or not text[:3].isdigit() or text[3] not in _AGE_UNITS:
+        return None
+    return age_group_for_years(int(text[:3]) / _AGE_UNITS[text[3]])
+
+
 def _load_dicom(data: bytes, name: str | None, include_identifiers: bool) -> CXRImage:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # pydicom warns about every non-conformant tag
@@ -608,6 +630,7 @@ def _load_dicom_inner(data: bytes, name: str | None, include_identifiers: bool) 
             if value not in (None, ""):
                 identifiers[tag] = str(value)
     meta = ImageMeta(
+        age_group=_dicom_age_group(ds.get("PatientAge")),
         format="DICOM",
         original_size=(cols, rows),
         bit_depth=_int_tag(ds, "BitsStored", bits_allocated) or bits_allocated,

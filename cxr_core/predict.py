@@ -4,7 +4,9 @@
     python -m cxr_core.predict image.png --cam overlay.png
 
 Each row carries the calibrated probabilities, the predicted class, the quality verdict and
-whether the model abstained (low confidence or failed quality), exactly as the app shows them.
+whether the model abstained (low confidence, failed quality, or a call outside the patient groups the
+model was trained on, when the age group is known from --age-group or the DICOM header), exactly as
+the app shows them.
 Files that cannot be read get a row with the error message instead of stopping the worklist.
 """
 
@@ -37,20 +39,21 @@ def iter_inputs(paths: Sequence[Path]) -> Iterator[Path]:
             yield p
 
 
-def predict_row(path: Path, model: str) -> dict[str, Any]:
+def predict_row(path: Path, model: str, age_group: str | None = None) -> dict[str, Any]:
     row: dict[str, Any] = {"file": str(path)}
     try:
         image = load_image(path)
     except ImageLoadError as exc:
         return row | {"error": str(exc)}
     quality = assess(image)
-    pred = predict(image, model, quality=quality)
+    pred = predict(image, model, quality=quality, age_group=age_group)
     row |= {f"p_{c}": round(pred.probabilities[c], 4) for c in settings.CLASSES}
     row |= {
         "predicted": pred.predicted,
         "confidence": round(pred.confidence, 4),
         "abstained": pred.abstained,
         "quality": quality.verdict,
+        "age_group": pred.age_group or "",
         "reasons": " | ".join(pred.reasons),
         "error": "",
     }
@@ -62,6 +65,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("paths", nargs="+", type=Path, help="image files or folders")
     ap.add_argument("--model", default=settings.DEFAULT_CLASSIFIER, choices=settings.CLASSIFIERS)
     ap.add_argument("--csv", type=Path, default=None, help="write all rows to this CSV")
+    ap.add_argument("--age-group", default=None, choices=settings.AGE_GROUPS,
+                    help="patients' age group, for every file (default: the DICOM PatientAge where present); "
+                    "calls for a group the model never saw with that class are abstained")
     ap.add_argument("--cam", type=Path, default=None, help="write a Grad-CAM overlay PNG (single image only)")
     ap.add_argument("--cam-method", default="gradcam")
     ap.add_argument("--threads", type=int, default=settings.TORCH_THREADS)
@@ -79,9 +85,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.cam and len(files) != 1:
         print("--cam needs exactly one image.", file=sys.stderr)
         return 2
-    rows = [predict_row(f, args.model)
+    rows = [predict_row(f, args.model, args.age_group)
             for f in tqdm(files, desc="predict", unit="image", disable=len(files) < 2, file=sys.stderr, mininterval=5)]
-    columns = ["file", *[f"p_{c}" for c in settings.CLASSES], "predicted", "confidence", "abstained", "quality", "reasons", "error"]
+    columns = ["file", *[f"p_{c}" for c in settings.CLASSES], "predicted", "confidence", "abstained", "quality", "age_group", "reasons", "error"]
     out = open(args.csv, "w", newline="") if args.csv else sys.stdout
     try:
         writer = csv.DictWriter(out, fieldnames=columns, restval="")

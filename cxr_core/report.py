@@ -275,6 +275,7 @@ def to_pdf(
         probs = pred.get("probabilities") or {}
         clf = record.get("classifier") or {}
         kv("Model", clf.get("display_name") or pred.get("model"))
+        kv("Patient age group", settings.AGE_GROUP_LABELS.get(pred.get("age_group") or "", "not given"))
         if pred.get("abstained"):
             line("No class suggested (the model abstained):", bold=True)
             for r in pred.get("reasons") or []:

@@ -57,6 +57,24 @@ SEED: int = 20240501
 # see cxr_core.classify and the model card) or when quality fails.
 ABSTAIN_CONFIDENCE: float = 0.70
 
+# Who the classifiers learned each class from (cxr3 train split; its README): COVID-19 only in adults,
+# viral pneumonia only in children aged 1-5, normals in both. A call outside this table is an
+# extrapolation the data cannot support, so the model abstains (cxr_core.classify.decide).
+# tests/test_classify.py checks the table against the manifest.
+AGE_GROUPS: tuple[str, ...] = ("adult", "paediatric", "other")
+AGE_GROUP_LABELS: dict[str, str] = {
+    "adult": "Adult (18 years or older)",
+    "paediatric": "Child aged 1-5 years",
+    "other": "Another age (under 1, or 6-17 years)",
+}
+ADULT_AGE_YEARS: int = 18
+PAEDIATRIC_AGE_YEARS: tuple[int, int] = (1, 5)  # Kermany's children, the only ones in cxr3
+TRAINED_AGE_GROUPS: dict[str, tuple[str, ...]] = {
+    "covid": ("adult",),
+    "normal": ("adult", "paediatric"),
+    "viral_pneumonia": ("paediatric",),
+}
+
 # --- runtime -------------------------------------------------------------------
 TORCH_THREADS: int = int(os.environ.get("CXR_TORCH_THREADS", "2"))
 

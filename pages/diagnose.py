@@ -144,6 +144,21 @@ def main() -> None:
                      icon=":material/error:")
         st.stop()
 
+    # --- patient age group (per image: a worklist may hold several patients) --------------------------------
+    from_header = image.meta.age_group
+    age_options = {} if from_header else {"Not given": None}
+    age_options |= {settings.AGE_GROUP_LABELS[g] + (" (DICOM header)" if g == from_header else ""): g
+                    for g in settings.AGE_GROUPS}
+    with st.sidebar:
+        st.subheader("Patient")
+        age_label = st.selectbox(
+            "Age group", list(age_options), index=list(age_options.values()).index(from_header),
+            key=f"dx_age_{digest[:16]}",
+            help="The model learned COVID-19 only from adults and viral pneumonia only from children aged 1-5. "
+            "With the age group known it abstains from a call outside that, instead of extrapolating.",
+        )
+    age_group = age_options.get(age_label, from_header)
+
     # --- quality -------------------------------------------------------------------------------------------
     quality = None
     q_status, q_value = cached(("quality", digest), lambda: assess_quality(image))
@@ -164,8 +179,8 @@ def main() -> None:
         if c_status == "ok":
             clf = c_value
             card = getattr(clf, "card", None) or None
-            p_status, p_value = cached(("predict", digest, model_name),
-                                       lambda: classify.predict(image, clf, quality=quality))
+            p_status, p_value = cached(("predict", digest, model_name, age_group),
+                                       lambda: classify.predict(image, clf, quality=quality, age_group=age_group))
             if p_status == "ok":
                 prediction = p_value
             else:
@@ -212,6 +227,8 @@ def main() -> None:
                 st.metric("Calibrated confidence", dashboard.format_probability(prediction.confidence))
                 if prediction.predicted == "normal":
                     st.caption(dashboard.NORMAL_SCOPE_NOTE)
+                elif prediction.age_group is None:
+                    st.caption(dashboard.AGE_SCOPE_NOTE)
             st.plotly_chart(
                 dashboard.probability_figure(prediction.probabilities, prediction.predicted, prediction.abstained),
                 config={"displayModeBar": False}, key="dx_probs",

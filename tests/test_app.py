@@ -185,6 +185,37 @@ def test_dicom_metadata_and_identifiers(trained):
     assert "Doe^Jane" in str(at.table[0].value)
 
 
+def _age_box(at):
+    return next(b for b in at.selectbox if b.label == "Age group")
+
+
+def test_age_group_outside_the_training_population_abstains(trained):
+    at = _upload(_app(), ("chest.png", chest_png_bytes(256), "image/png"))
+    assert _age_box(at).value == "Not given"
+    shown = {m.label: m.value for m in at.metric}["Suggested class"]
+    predicted = next(c for c, label in settings.CLASS_LABELS.items() if label == shown)
+    if predicted != "normal":
+        assert "Age group not given" in _texts(at, "caption")
+    outside = next(g for g in settings.AGE_GROUPS if g not in settings.TRAINED_AGE_GROUPS[predicted])
+    _age_box(at).set_value(settings.AGE_GROUP_LABELS[outside]).run()
+    assert not at.exception
+    assert not at.metric and "the model abstains" in _texts(at, "warning")
+    assert "training data has no" in _texts(at, "warning")
+    inside = settings.TRAINED_AGE_GROUPS[predicted][0]
+    _age_box(at).set_value(settings.AGE_GROUP_LABELS[inside]).run()
+    assert {m.label: m.value for m in at.metric}["Suggested class"] == shown
+
+
+def test_age_group_is_read_from_the_dicom_header(trained):
+    from conftest import chest_phantom, make_dicom, to_uint16
+
+    dcm = make_dicom(to_uint16(chest_phantom(256), 12), bits_stored=12, PatientAge="045Y")
+    at = _upload(_app(), ("study.dcm", dcm, "application/dicom"))
+    box = _age_box(at)
+    assert box.value == "Adult (18 years or older) (DICOM header)" and "Not given" not in box.options
+    assert "045Y" not in _texts(at, "markdown") + _texts(at, "caption")  # the age itself stays private
+
+
 @requires_cxr3
 def test_real_cxr3_image(trained):
     name, data = real_cxr3_image()

@@ -66,19 +66,22 @@ def test_train_evaluate_predict_end_to_end(tiny_manifest: Path, isolated: Path, 
     metrics = json.loads(out.read_text())
     assert EVAL_KEYS <= set(metrics) and metrics["n"] == 12
     assert sum(map(sum, metrics["confusion_matrix"])) == 12
+    assert metrics["abstention"]["n_answered"] <= 12 and "with_age_scope" not in metrics["abstention"]  # a folder has no ages
 
     # evaluate on the manifest: per-source and per-age-group metrics are present
     evaluate.main(["--model", "vbreathnet", "--data", str(tiny_manifest), "--split", "test", "--out", str(out)])
     metrics = json.loads(out.read_text())
     assert set(metrics["per_group"]) == {"source", "age_group"}
     assert set(metrics["per_group"]["age_group"]) == {"adult", "paediatric"}
+    assert metrics["abstention"]["with_age_scope"]["n_answered"] <= metrics["abstention"]["n_answered"]
 
     # predict a worklist folder with one unreadable file: a row per file, the bad one with its error
     (folder / "normal" / "broken.png").write_bytes(b"not an image")
     csv_out = tmp_path / "pred.csv"
-    assert predict.main([str(folder), "--csv", str(csv_out)]) == 0
+    assert predict.main([str(folder), "--csv", str(csv_out), "--age-group", "other"]) == 0
     rows = list(csv.DictReader(csv_out.open()))
     assert len(rows) == 13
+    assert all(r["abstained"] == "True" and r["age_group"] == "other" for r in rows if not r["error"])
     bad = [r for r in rows if r["file"].endswith("broken.png")][0]
     assert "not an image" in bad["error"]
     good = [r for r in rows if not r["error"]]
