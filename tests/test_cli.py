@@ -56,6 +56,21 @@ def test_train_evaluate_predict_end_to_end(tiny_manifest: Path, isolated: Path, 
     assert EVAL_KEYS <= set(card["metrics"]["test"])
     assert card["calibration"]["temperature"] > 0
 
+    # rescore: calibration and metrics recomputed from the saved weights, training record kept
+    import torch
+
+    train.main(["--model", "vbreathnet", "--manifest", str(tiny_manifest), "--rescore", "--threads", "1",
+                "--out-dir", str(isolated)])
+    rescored = json.loads((isolated / "vbreathnet.json").read_text())
+    assert rescored["training"] == card["training"] and rescored["rescored"]["command"].endswith(str(isolated))
+    assert rescored["metrics"]["test"]["n"] == 24
+    saved = torch.load(isolated / "vbreathnet.pt", weights_only=True)
+    assert saved["temperature"] == pytest.approx(rescored["calibration"]["temperature"])
+    other = tmp_path / "other.csv"
+    other.write_text(tiny_manifest.read_text() + "\n")
+    with pytest.raises(SystemExit, match="not the manifest"):
+        train.main(["--model", "vbreathnet", "--manifest", str(other), "--rescore", "--out-dir", str(isolated)])
+
     # evaluate on a folder with class sub-folders (any format load_image reads)
     folder = tmp_path / "folder"
     for r in cxr3_rows("test", n=12):
