@@ -60,6 +60,7 @@ class ImageMeta:
     colourfulness: float = 0.0  # mean chroma of the source in [0, 1]; photographs score high
     modality: str | None = None
     view_position: str | None = None
+    body_part: str | None = None  # DICOM BodyPartExamined
     pixel_spacing: tuple[float, float] | None = None
     identifiers: dict[str, str] = field(default_factory=dict)
     # Coarse band from DICOM PatientAge (settings.AGE_GROUPS), kept even when identifiers are not:
@@ -640,6 +641,7 @@ def _load_dicom_inner(data: bytes, name: str | None, include_identifiers: bool) 
         colourfulness=colourfulness,
         modality=_text(ds.get("Modality")),
         view_position=_text(ds.get("ViewPosition")),
+        body_part=_text(ds.get("BodyPartExamined")),
         pixel_spacing=pixel_spacing,
         identifiers=identifiers,
     )

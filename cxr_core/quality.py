@@ -263,6 +263,11 @@ def assess(
     reasons = [_reason(m, d, metrics, thresholds[m], True) for m, d in failed]
     reasons += [_reason(m, d, metrics, thresholds[m], False) for m, d in warned]
     failed_names = [m for m, _ in failed]
+    warned_names = [m for m, _ in warned]
+    header = _header_scope(image.meta if isinstance(image, CXRImage) else None)
+    for name, reason, fails in header:
+        (failed_names if fails else warned_names).insert(0, name)
+        reasons.insert(0, reason + ("" if fails else " (warning)"))
     score = None
     if check_plausibility:
         plausible = _plausibility(image)
@@ -271,18 +276,39 @@ def assess(
             if not ok:  # the most important message comes first
                 reasons.insert(0, f"This does not look like a frontal chest X-ray ({why}).")
                 failed_names.insert(0, PLAUSIBILITY)
-    verdict: Verdict = "fail" if failed_names else ("warn" if warned else "pass")
+    verdict: Verdict = "fail" if failed_names else ("warn" if warned_names else "pass")
     return QualityReport(
         verdict=verdict,
         reasons=reasons,
         metrics=metrics,
         failed=tuple(failed_names),
-        warned=tuple(m for m, _ in warned),
+        warned=tuple(warned_names),
         plausibility=score,
     )
 
 
 PLAUSIBILITY = "chest_xray_plausibility"  # name used in QualityReport.failed for the OOD check
+
+
+def _header_scope(meta: ImageMeta | None) -> list[tuple[str, str, bool]]:
+    """(check name, reason, fails) for what a DICOM header says about scope. A CT slice or a lateral
+    film can pass every pixel check; the header is the cheapest place to catch it. A body part other
+    than the chest only warns: that tag is often filled in by protocol, not by what was imaged."""
+    if meta is None:
+        return []
+    out = []
+    modality = (meta.modality or "").strip().upper()
+    if modality in settings.NON_RADIOGRAPH_MODALITIES:
+        out.append(("dicom_modality", f"The DICOM header says modality {modality}: the models read chest "
+                    "radiographs (CR/DX) only.", True))
+    view = (meta.view_position or "").strip().upper()
+    if view in settings.NON_FRONTAL_VIEWS:
+        out.append(("dicom_view", f"The DICOM header says view {view} (lateral or oblique): the models read "
+                    "frontal (PA/AP) films only.", True))
+    part = (meta.body_part or "").strip().upper()
+    if part and not any(p in part for p in settings.CHEST_BODY_PARTS):
+        out.append(("dicom_body_part", f"The DICOM header says body part {part}, not the chest.", False))
+    return out
 
 
 def _plausibility(image: CXRImage | np.ndarray) -> tuple[bool, float, str] | None:

@@ -57,6 +57,13 @@ SEED: int = 20240501
 # see cxr_core.classify and the model card) or when quality fails.
 ABSTAIN_CONFIDENCE: float = 0.70
 
+# What a DICOM header may say that puts an image outside the models' scope (frontal chest radiographs).
+# Deny-lists, not allow-lists: headers vary by vendor, and the pixel checks judge everything else.
+NON_RADIOGRAPH_MODALITIES: frozenset[str] = frozenset(
+    {"CT", "MR", "US", "NM", "PT", "MG", "XA", "RF", "PX", "IO", "OP", "OCT", "ES", "XC", "SM"})
+NON_FRONTAL_VIEWS: frozenset[str] = frozenset({"LL", "RL", "LAT", "LATERAL", "RLO", "LLO"})  # lateral, oblique
+CHEST_BODY_PARTS: tuple[str, ...] = ("CHEST", "THORAX", "LUNG", "TORAX", "THORAKS")
+
 # Who the classifiers learned each class from (cxr3 train split; its README): COVID-19 only in adults,
 # viral pneumonia only in children aged 1-5, normals in both. A call outside this table is an
 # extrapolation the data cannot support, so the model abstains (cxr_core.classify.decide).

@@ -144,6 +144,24 @@ def test_loaded_colour_photo_fails_through_io_metadata(images):
     assert rep.verdict == "fail" and "colourfulness" in rep.failed
 
 
+@pytest.mark.parametrize(("tags", "verdict", "check", "words"), [
+    ({}, "pass", None, None),
+    ({"Modality": "CT"}, "fail", "dicom_modality", "modality CT"),
+    ({"ViewPosition": "LL"}, "fail", "dicom_view", "view LL (lateral or oblique)"),
+    ({"ViewPosition": "AP", "BodyPartExamined": "PORT CHEST"}, "pass", None, None),
+    ({"BodyPartExamined": "HAND"}, "warn", "dicom_body_part", "body part HAND, not the chest. (warning)"),
+])
+def test_dicom_header_out_of_scope(tags, verdict, check, words, thresholds):
+    from conftest import make_dicom, to_uint16
+
+    img = load_image(make_dicom(to_uint16(chest_phantom(256), 12), bits_stored=12, **tags))
+    rep = assess(img, thresholds, check_plausibility=False)
+    assert rep.verdict == verdict, rep.reasons
+    if check:
+        assert check in (rep.failed if verdict == "fail" else rep.warned)
+        assert words in rep.reasons[0]
+
+
 def test_grey_png_roundtrip_passes(images):
     img = load_image(images.chest_png(size=512))
     assert assess(img).verdict == "pass"
