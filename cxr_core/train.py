@@ -446,8 +446,10 @@ def main(argv: Sequence[str] | None = None) -> None:
     state = (train_head if mode == "head" else train_full)(model, name, train, val, args)
 
     family = spec.family
-    temperature, calibration, metrics = score(model, family, val, test)
     big = count_params(model)["total"] > 4_000_000
+    if big:  # stored in fp16 for the 25 MB budget: score the weights the app will load
+        model.load_state_dict({k: v.half().float() if v.is_floating_point() else v for k, v in model.state_dict().items()})
+    temperature, calibration, metrics = score(model, family, val, test)
     state_dict = {k: (v.half() if big and v.is_floating_point() else v) for k, v in model.state_dict().items()}
     args.out_dir.mkdir(parents=True, exist_ok=True)
     torch.save({"state_dict": state_dict, "input_size": size, "temperature": temperature, "mode": mode}, args.out_dir / f"{name}.pt")

@@ -24,8 +24,10 @@ st.markdown(
 - **What it is not.** It is not a certified medical device and must not be used on its own to diagnose, rule out
   disease or decide treatment. It knows only three classes; bacterial pneumonia, tuberculosis, effusion,
   cancer and other diseases are either forced into one of them or cause an abstention.
-- **When it abstains.** If the image fails the quality check or the calibrated confidence is below the model's
-  threshold, no class is suggested. This is deliberate.
+- **When it abstains.** If the image fails the quality check (including a DICOM header that says CT, lateral
+  view and the like), if the calibrated confidence is below the model's threshold, or if the call lies outside
+  the patients the model learned it from (viral pneumonia only from children aged 1-5, COVID-19 only from
+  adults: give the age group in the sidebar), no class is suggested. This is deliberate.
 - **Privacy.** Uploaded images are processed in memory for your session only and are never written to disk or logs.
   DICOM patient identifiers are hidden unless you ask to see them.
 """
