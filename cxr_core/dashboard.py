@@ -800,6 +800,23 @@ AGE_SCOPE_NOTE = ("Age group not given, so the age check was not applied: the tr
                   "adults and viral pneumonia only in children aged 1-5. Set the age group in the sidebar.")
 
 
+def worklist_row(name: str, quality: Any = None, prediction: Any = None, error: str | None = None) -> dict[str, str]:
+    """One line of the Diagnose page's worklist overview: what a reader needs to triage the list."""
+    row = {"File": name, "Quality": "", "Result": "", "Confidence": "", "Age group": "", "Note": ""}
+    if error:
+        return row | {"Result": "not analysed", "Note": error}
+    if quality is not None:
+        row["Quality"] = {"pass": "pass", "warn": "check", "fail": "not suitable"}.get(str(quality.verdict), str(quality.verdict))
+    if prediction is None:
+        return row | {"Result": "no model", "Note": "No trained classifier is selected."}
+    return row | {
+        "Result": "abstained" if prediction.abstained else class_label(prediction.predicted),
+        "Confidence": format_probability(prediction.confidence),
+        "Age group": settings.AGE_GROUP_LABELS.get(prediction.age_group or "", "not given"),
+        "Note": (prediction.reasons or [""])[0],
+    }
+
+
 def box_conflict(prediction: Any, boxes: Iterable[Any]) -> str | None:
     """Warn when validated detector findings sit on an image the classifier calls Normal.
 

@@ -28,6 +28,7 @@ from pages._common import (
 ensure_navigation()
 
 MAX_CACHED = 24  # results kept per session (a small worklist), oldest dropped first
+MAX_ROWS = 64  # worklist overview lines kept per session (a few strings each)
 GENERIC_ERROR = "Something went wrong while analysing this image. The result is not shown; try again or use another file."
 
 
@@ -61,6 +62,41 @@ def _friendly(exc: Exception) -> str:
     if name in {"ModelUnavailableError", "ImageLoadError", "FileNotFoundError"}:
         return str(exc)
     return GENERIC_ERROR
+
+
+def age_options(from_header: str | None) -> dict[str, str | None]:
+    """Age-group choices; with a DICOM age the header's band is the default and "Not given" is not offered."""
+    options: dict[str, str | None] = {} if from_header else {"Not given": None}
+    return options | {settings.AGE_GROUP_LABELS[g] + (" (DICOM header)" if g == from_header else ""): g
+                      for g in settings.AGE_GROUPS}
+
+
+def age_key(digest: str) -> str:
+    return f"dx_age_{digest[:16]}"
+
+
+def overview_row(upload: Any, model_name: str, clf: Any) -> dict[str, str]:
+    """Decode, check and classify one worklist file, memoised per file, model and age choice."""
+    data = upload.getvalue()
+    digest = hashlib.sha256(data).hexdigest()
+    chosen = st.session_state.get(age_key(digest))
+    rows = st.session_state.setdefault("dx_rows", OrderedDict())
+    key = (digest, model_name, chosen)
+    if key not in rows:
+        image, error = dashboard.safe_load(data, upload.name)
+        try:
+            if error:
+                rows[key] = dashboard.worklist_row(upload.name, error=error)
+            else:
+                age = age_options(image.meta.age_group).get(chosen, image.meta.age_group)
+                quality = assess_quality(image)
+                pred = classify.predict(image, clf, quality=quality, age_group=age) if clf is not None else None
+                rows[key] = dashboard.worklist_row(upload.name, quality, pred)
+        except Exception as exc:  # one bad file must not take the list down
+            rows[key] = dashboard.worklist_row(upload.name, error=_friendly(exc))
+        while len(rows) > MAX_ROWS:
+            rows.popitem(last=False)
+    return rows[key] | {"File": upload.name}
 
 
 # --- page --------------------------------------------------------------------------------------------
@@ -128,8 +164,19 @@ def main() -> None:
                 icon=":material/upload_file:")
         st.stop()
 
-    # Worklist: several files -> pick one.
+    # Worklist: several files -> an overview, then pick one.
     if len(uploads) > 1:
+        with st.expander(f":material/list: Worklist overview ({len(uploads)} files)", expanded=False):
+            clf_for_list = None
+            if model_name in trained_names:
+                try:
+                    clf_for_list = get_classifier(model_name)
+                except Exception:  # the single-image view below says why
+                    clf_for_list = None
+            st.dataframe([overview_row(u, model_name, clf_for_list) for u in uploads], hide_index=True,
+                         key="dx_overview")
+            st.caption("Each file with its quality verdict and suggestion (or abstention) from the model in the "
+                       "sidebar. Decision support, not a diagnosis: open each file below before acting on it.")
         labels = [f"{i + 1}. {dashboard.md_escape(u.name)}" for i, u in enumerate(uploads)]
         choice = st.radio("Worklist", labels, horizontal=True, key="dx_worklist")
         current = uploads[labels.index(choice) if choice in labels else 0]
@@ -146,18 +193,16 @@ def main() -> None:
 
     # --- patient age group (per image: a worklist may hold several patients) --------------------------------
     from_header = image.meta.age_group
-    age_options = {} if from_header else {"Not given": None}
-    age_options |= {settings.AGE_GROUP_LABELS[g] + (" (DICOM header)" if g == from_header else ""): g
-                    for g in settings.AGE_GROUPS}
+    ages = age_options(from_header)
     with st.sidebar:
         st.subheader("Patient")
         age_label = st.selectbox(
-            "Age group", list(age_options), index=list(age_options.values()).index(from_header),
-            key=f"dx_age_{digest[:16]}",
+            "Age group", list(ages), index=list(ages.values()).index(from_header),
+            key=age_key(digest),
             help="The model learned COVID-19 only from adults and viral pneumonia only from children aged 1-5. "
             "With the age group known it abstains from a call outside that, instead of extrapolating.",
         )
-    age_group = age_options.get(age_label, from_header)
+    age_group = ages.get(age_label, from_header)
 
     # --- quality -------------------------------------------------------------------------------------------
     quality = None

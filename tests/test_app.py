@@ -167,6 +167,17 @@ def test_worklist_of_several_files(trained):
     radio = at.radio(key="dx_worklist")
     assert radio.options == ["1. a.png", "2. b.png"]
     assert at.metric
+    overview = at.dataframe[0].value
+    assert list(overview["File"]) == ["a.png", "b.png"]
+    shown = {m.label: m.value for m in at.metric}["Suggested class"]
+    assert overview["Result"][0] == shown and overview["Quality"][0] in {"pass", "check"}
+    assert overview["Result"][1] == "not analysed" and "not an image" in overview["Note"][1]
+    # an age choice made for the open file reaches its overview line
+    predicted = next(c for c, label in settings.CLASS_LABELS.items() if label == shown)
+    outside = next(g for g in settings.AGE_GROUPS if g not in settings.TRAINED_AGE_GROUPS[predicted])
+    _age_box(at).set_value(settings.AGE_GROUP_LABELS[outside]).run()
+    overview = at.dataframe[0].value
+    assert overview["Result"][0] == "abstained" and overview["Age group"][0] == settings.AGE_GROUP_LABELS[outside]
     radio.set_value("2. b.png").run()
     assert not at.exception
     assert "b.png" in _texts(at, "error")

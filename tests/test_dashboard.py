@@ -281,3 +281,18 @@ def test_box_conflict_only_for_validated_findings_on_a_normal_call():
     assert dashboard.box_conflict(SimpleNamespace(predicted="covid", abstained=False), boxes) is None
     assert dashboard.box_conflict(SimpleNamespace(predicted="normal", abstained=True), boxes) is None
     assert dashboard.box_conflict(None, boxes) is None
+
+
+def test_worklist_row_says_what_happened_to_each_file():
+    err = dashboard.worklist_row("x.dcm", error="The file is empty.")
+    assert err["Result"] == "not analysed" and err["Note"] == "The file is empty." and err["File"] == "x.dcm"
+    quality = SimpleNamespace(verdict="warn")
+    assert dashboard.worklist_row("a.png", quality)["Result"] == "no model"
+    pred = SimpleNamespace(abstained=True, predicted="covid", confidence=0.55, age_group="paediatric",
+                           reasons=["Confidence 55% is below the 92% needed to suggest a class."])
+    row = dashboard.worklist_row("a.png", quality, pred)
+    assert row == {"File": "a.png", "Quality": "check", "Result": "abstained", "Confidence": "55%",
+                   "Age group": "Child aged 1-5 years", "Note": pred.reasons[0]}
+    answered = SimpleNamespace(abstained=False, predicted="viral_pneumonia", confidence=0.999, age_group=None, reasons=[])
+    assert dashboard.worklist_row("b.png", None, answered)["Result"] == "Viral Pneumonia"
+    assert dashboard.worklist_row("b.png", None, answered)["Age group"] == "not given"
