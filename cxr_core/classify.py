@@ -83,16 +83,16 @@ def decide(
     """(predicted index, abstained, reasons). Abstain on low confidence, failed quality, or a call
     for a patient group the model never saw with that class."""
     idx = int(np.argmax(probs))
-    reasons: list[str] = []
-    if float(probs[idx]) < threshold:
-        reasons.append(
-            f"Confidence {probs[idx]:.0%} is below the {threshold:.0%} needed to suggest a class."
-        )
+    reasons: list[str] = []  # the most basic problem first: a worklist shows only the first
     if quality is not None and not quality.ok:
         reasons.append("Image quality check failed: " + "; ".join(quality.reasons))
     scope = scope_reason(settings.CLASSES[idx], age_group)
     if scope:
         reasons.append(scope)
+    if float(probs[idx]) < threshold:
+        reasons.append(
+            f"Confidence {probs[idx]:.0%} is below the {threshold:.0%} needed to suggest a class."
+        )
     return idx, bool(reasons), reasons
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 from collections import defaultdict
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -45,8 +46,10 @@ def test_calls_outside_the_training_population_abstain() -> None:
     assert classify.decide(COVID, 0.8, age_group="adult")[1] is False
     assert classify.decide(NORMAL, 0.8, age_group="paediatric")[1] is False
     assert classify.decide(NORMAL, 0.8, age_group="other")[2][0].startswith("The training data has no patients of this age")
-    # low confidence and scope are both reported
-    assert len(classify.decide(np.array([0.2, 0.3, 0.5]), 0.8, age_group="adult")[2]) == 2
+    # every reason is reported, the most basic first (a worklist line shows only the first)
+    failed = SimpleNamespace(ok=False, reasons=["too dark"])
+    reasons = classify.decide(np.array([0.2, 0.3, 0.5]), 0.8, failed, age_group="adult")[2]
+    assert [r[:20] for r in reasons] == ["Image quality check ", "The training data ha", "Confidence 50% is be"]
     with pytest.raises(ValueError, match="Unknown age group 'teen'"):
         classify.decide(NORMAL, 0.8, age_group="teen")
 
