@@ -927,6 +927,8 @@ def card_summary(name: str, card: Mapping[str, Any]) -> pd.DataFrame:
         ("Abstain below", _get(card, "calibration", "abstain_threshold", default="n/a")),
         ("Trained on", card.get("date")),
         ("Code version", card.get("code_version")),
+        ("Metrics recomputed", f"{_get(card, 'rescored', 'date')} (code {str(_get(card, 'rescored', 'code_version'))[:12]}): "
+         f"{_get(card, 'rescored', 'why')}" if card.get("rescored") else None),
         ("Data manifest (sha256)", str(data.get("manifest_sha256") or "n/a")[:16]),
     ]
     return pd.DataFrame([(k, "n/a" if v in (None, "") else str(v)) for k, v in rows], columns=["Field", "Value"])

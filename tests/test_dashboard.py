@@ -77,6 +77,9 @@ def test_per_group_table_and_card_summary(weights):
     summary = dict(dashboard.card_summary("vbreathnet", cards["vbreathnet"]).values)
     assert summary["Parameters (total / trainable)"] == "790,307 / 790,307"
     assert summary["Initial weights"].startswith("random")
+    assert summary["Metrics recomputed"] == "n/a"
+    card = dict(cards["vbreathnet"], rescored={"date": "2026-12-02", "code_version": "0123456789abcdef", "why": "fp32"})
+    assert dict(dashboard.card_summary("vbreathnet", card).values)["Metrics recomputed"] == "2026-12-02 (code 0123456789ab): fp32"
 
 
 def test_detector_files_missing_and_present(weights):
