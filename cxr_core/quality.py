@@ -260,14 +260,14 @@ def assess(
             warned.append((metric, "low"))
         elif "warn_high" in bounds and value > bounds["warn_high"]:
             warned.append((metric, "high"))
-    reasons = [_reason(m, d, metrics, thresholds[m], True) for m, d in failed]
-    reasons += [_reason(m, d, metrics, thresholds[m], False) for m, d in warned]
-    failed_names = [m for m, _ in failed]
-    warned_names = [m for m, _ in warned]
     header = _header_scope(image.meta if isinstance(image, CXRImage) else None)
-    for name, reason, fails in header:
-        (failed_names if fails else warned_names).insert(0, name)
-        reasons.insert(0, reason + ("" if fails else " (warning)"))
+    header_failed = [(n, r) for n, r, fails in header if fails]
+    header_warned = [(n, r + " (warning)") for n, r, fails in header if not fails]
+    # failures before warnings, the header's before the pixel metrics'
+    reasons = [r for _, r in header_failed] + [_reason(m, d, metrics, thresholds[m], True) for m, d in failed]
+    reasons += [r for _, r in header_warned] + [_reason(m, d, metrics, thresholds[m], False) for m, d in warned]
+    failed_names = [n for n, _ in header_failed] + [m for m, _ in failed]
+    warned_names = [n for n, _ in header_warned] + [m for m, _ in warned]
     score = None
     if check_plausibility:
         plausible = _plausibility(image)

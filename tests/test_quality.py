@@ -162,6 +162,16 @@ def test_dicom_header_out_of_scope(tags, verdict, check, words, thresholds):
         assert words in rep.reasons[0]
 
 
+def test_header_failures_come_before_warnings(thresholds):
+    from conftest import make_dicom, to_uint16
+
+    dcm = make_dicom(to_uint16(chest_phantom(256), 12), bits_stored=12, Modality="CT", ViewPosition="RL",
+                     BodyPartExamined="ABDOMEN")
+    rep = assess(load_image(dcm), thresholds, check_plausibility=False)
+    assert rep.failed[:2] == ("dicom_modality", "dicom_view") and rep.warned[0] == "dicom_body_part"
+    assert "modality CT" in rep.reasons[0] and "view RL" in rep.reasons[1] and "ABDOMEN" in rep.reasons[2]
+
+
 def test_grey_png_roundtrip_passes(images):
     img = load_image(images.chest_png(size=512))
     assert assess(img).verdict == "pass"
