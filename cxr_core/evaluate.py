@@ -30,7 +30,7 @@ from sklearn.metrics import (
 from tqdm import tqdm
 
 from cxr_core import settings
-from cxr_core.classify import abstain_threshold, calibrated_probs, decide
+from cxr_core.classify import abstain_threshold, calibrated_probs, decide, scope_reason
 from cxr_core.io import load_image
 from cxr_core.models import load_classifier
 from cxr_core.preprocess import image_to_tensor
@@ -144,7 +144,7 @@ def abstention_summary(y_true: np.ndarray, probs: np.ndarray, threshold: float,
         groups = [g if g in settings.AGE_GROUPS else None for g in age_groups]
         scoped = run(groups)
         conf_ok = probs.max(1) >= threshold
-        in_scope = np.array([decide(p, 0.0, None, g)[1] is False for p, g in zip(probs, groups)])
+        in_scope = np.array([scope_reason(settings.CLASSES[i], g) is None for i, g in zip(probs.argmax(1), groups)])
         stopped = conf_ok & ~in_scope  # answered on confidence, stopped by the scope rule alone
         scoped["stopped_by_age_scope"] = int(stopped.sum())
         scoped["stopped_by_age_scope_wrong"] = int((stopped & (probs.argmax(1) != y_true)).sum())
