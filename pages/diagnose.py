@@ -83,17 +83,18 @@ def overview_row(upload: Any, model_name: str, clf: Any) -> dict[str, str]:
     rows = st.session_state.setdefault("dx_rows", OrderedDict())
     key = (digest, model_name, chosen)
     if key not in rows:
+        # same cache keys as the single-image view below, so neither computes what the other did
         image, error = dashboard.safe_load(data, upload.name)
-        try:
-            if error:
-                rows[key] = dashboard.worklist_row(upload.name, error=error)
-            else:
-                age = age_options(image.meta.age_group).get(chosen, image.meta.age_group)
-                quality = assess_quality(image)
-                pred = classify.predict(image, clf, quality=quality, age_group=age) if clf is not None else None
-                rows[key] = dashboard.worklist_row(upload.name, quality, pred)
-        except Exception as exc:  # one bad file must not take the list down
-            rows[key] = dashboard.worklist_row(upload.name, error=_friendly(exc))
+        row = dashboard.worklist_row(upload.name, error=error) if error else None
+        if row is None:
+            age = age_options(image.meta.age_group).get(chosen, image.meta.age_group)
+            q_status, quality = cached(("quality", digest), lambda: assess_quality(image))
+            p_status, pred = ("ok", None) if clf is None or q_status != "ok" else cached(
+                ("predict", digest, model_name, age),
+                lambda: classify.predict(image, clf, quality=quality, age_group=age))
+            row = (dashboard.worklist_row(upload.name, quality, pred) if q_status == p_status == "ok"
+                   else dashboard.worklist_row(upload.name, error=quality if q_status != "ok" else pred))
+        rows[key] = row
         while len(rows) > MAX_ROWS:
             rows.popitem(last=False)
     return rows[key] | {"File": upload.name}
