@@ -107,9 +107,18 @@ def shared_runtime(monkeypatch):
     running (they then fail with "Runtime hasn't been created!"). A real server has one Runtime
     for all sessions, so here a finished run's None falls back to the last runtime installed;
     and the `global.appTest` option that each run patches and restores is set for the whole test.
+    Likewise a server compiles each page once, in one script cache behind one lock, while every
+    AppTest run brings an empty cache of its own: 20 threads then compile the same page at once,
+    and CPython 3.11's `ast.parse` is not safe for that ("AST constructor recursion depth
+    mismatch"). So all sessions share one cache here, as they would on a server.
     """
     from streamlit import config
     from streamlit.runtime import Runtime
+    from streamlit.runtime.scriptrunner.script_cache import ScriptCache
+
+    one_cache = ScriptCache()
+    get_bytecode = ScriptCache.get_bytecode
+    monkeypatch.setattr(ScriptCache, "get_bytecode", lambda self, path: get_bytecode(one_cache, path))
 
     last: dict[str, object] = {}
     original = Runtime.instance.__func__
