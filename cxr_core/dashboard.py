@@ -227,7 +227,7 @@ def ablation_mismatch(pair: Mapping[str, Mapping[str, Any]]) -> list[str]:
     base, variant = list(pair.values())[:2]
     out = []
     for keys in ABLATION_RECIPE:
-        a, b = (_get(c, *keys) if _get(c, *keys) is not None else RECIPE_DEFAULTS.get(keys) for c in (base, variant))
+        a, b = (_get(c, *keys, default=RECIPE_DEFAULTS.get(keys)) for c in (base, variant))
         if a != b:
             out.append(f"{'.'.join(keys)}: {a} vs {b}")
     return out
