@@ -164,3 +164,78 @@ def test_lr_schedule_halves_on_the_paper_step_and_on_a_longer_one() -> None:
     assert [train.lr_schedule(e, 1e-3) for e in (0, 4, 5, 10)] == pytest.approx([1e-3, 1e-3, 5e-4, 2.5e-4])
     assert [train.lr_schedule(e, 1e-3, step=8) for e in (0, 7, 8, 16)] == pytest.approx([1e-3, 1e-3, 5e-4, 2.5e-4])
     assert train.lr_schedule(200, 1e-3) == 1e-6  # floor, as in the paper
+
+
+@requires_cxr3
+def test_budget_stop_and_resume_equal_an_uninterrupted_run(tiny_manifest: Path, isolated: Path, tmp_path: Path, capsys) -> None:
+    """Segments of a run (stopped by the time budget, resumed from the committed-style state dir) end in
+    exactly the weights of one uninterrupted run: the promise that lets a run span sessions."""
+    import torch
+
+    def run(state: Path, *extra: str) -> None:
+        train.main(["--model", "vbreathnet", "--manifest", str(tiny_manifest), "--size", "64", "--batch", "8",
+                    "--threads", "1", "--precision", "fp32", "--state-dir", str(state),
+                    "--out-dir", str(tmp_path / state.name), *extra])
+
+    run(tmp_path / "straight", "--epochs", "3")
+    seg = tmp_path / "segmented"
+    run(seg, "--epochs", "1")
+    after_one = torch.load(seg / "last.pt", weights_only=True)
+    capsys.readouterr()
+    run(seg, "--epochs", "3", "--budget-min", "0.00001")  # budget already spent: stops before epoch 2
+    out = capsys.readouterr().out
+    assert "budget" in out and "Continue with: python -m cxr_core.train" in out and "--state-dir" in out
+    stopped = torch.load(seg / "last.pt", weights_only=True)
+    assert stopped["state"]["epoch"] == 1
+    assert torch.equal(stopped["model"]["features.0.weight"], after_one["model"]["features.0.weight"])
+    assert "budget of 1e-05 min reached after epoch 1" in (seg / "log.txt").read_text()
+    run(seg, "--epochs", "3")
+
+    a = torch.load(tmp_path / "straight" / "vbreathnet.pt", weights_only=True)["state_dict"]
+    b = torch.load(tmp_path / "segmented" / "vbreathnet.pt", weights_only=True)["state_dict"]
+    assert a.keys() == b.keys()
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+    card = json.loads((tmp_path / "segmented" / "vbreathnet.json").read_text())
+    segments = card["training"]["segments"]
+    assert [(s["epoch_from"], s["epoch_to"]) for s in segments] == [(0, 1), (1, 3)]  # the stopped segment trained nothing: not listed
+    assert all(s["precision"] == "fp32" and s["cpu"] and s["minutes"] >= 0 for s in segments)
+    assert (seg / "last.pt").stat().st_size < 10_000_000
+
+
+def test_precision_probe_picks_a_measured_mode_and_leaves_the_rng_alone() -> None:
+    import torch
+
+    from cxr_core.models import build_model
+
+    torch.manual_seed(7)
+    expected = torch.rand(3)
+    torch.manual_seed(7)
+    probe = train.probe_precision(lambda: build_model("vbreathnet", input_size=64, imagenet=False)[0], 64,
+                                  batch=4, seconds=1.0)
+    assert torch.equal(torch.rand(3), expected)
+    assert probe["precision"] in train.PRECISIONS
+    assert probe["img_per_s"][probe["precision"]] == max(probe["img_per_s"].values()) > 0
+    assert ("bf16-cl" in probe["img_per_s"]) == train.bf16_native()  # bf16 is only tried where it has kernels
+
+
+CHECKPOINT = settings.WEIGHTS_DIR / "checkpoints" / "vbreathnet-256"
+
+
+@pytest.mark.skipif(not (CHECKPOINT / "last.pt").is_file(), reason="no V-BreathNet 256 px run in progress (checkpoint removed when shipped)")
+def test_committed_256px_checkpoint_still_loads_into_todays_code() -> None:
+    """The resumable state in the tree must survive code reorganisation: the next session resumes it."""
+    import torch
+
+    from cxr_core.models import build_model, count_params
+
+    ckpt = torch.load(CHECKPOINT / "last.pt", map_location="cpu", weights_only=True)
+    model, _ = build_model("vbreathnet", input_size=256, imagenet=False)
+    model.load_state_dict(ckpt["model"])  # strict: every key and shape as the code builds it now
+    torch.optim.RMSprop(model.parameters(), lr=1e-3).load_state_dict(ckpt["optimizer"])
+    model.load_state_dict(torch.load(CHECKPOINT / "best.pt", map_location="cpu", weights_only=True))
+    assert count_params(model)["trainable"] == 790_307
+    state = ckpt["state"]
+    assert state["size"] == 256 and 0 < state["epoch"] == len(state["history"])
+    assert state["segments"] and state["segments"][-1]["epoch_to"] == state["epoch"]
+    assert sum(f.stat().st_size for f in CHECKPOINT.iterdir()) < 12_000_000
