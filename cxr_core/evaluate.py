@@ -152,7 +152,25 @@ def abstention_summary(y_true: np.ndarray, probs: np.ndarray, threshold: float,
     return out
 
 
-def evaluate(model_name: str, data: Path, split: str | None = "test") -> dict[str, Any]:
+def probe_files(model_name: str, files: Sequence[str], labels: np.ndarray) -> dict[str, Any]:
+    """Context-only and acquisition-shift probes (cxr_core.probes) with the shipped lung segmenter's
+    masks; the context-only probe is left out, saying why, when the segmenter is not available."""
+    from cxr_core import lungs, probes
+
+    clf = load_classifier(model_name)
+    images = [probes.working_copy(load_image(f).pixels) for f in tqdm(files, desc="decode for probes", mininterval=5)]
+    try:
+        seg = lungs.load_segmenter()
+        masks: list[np.ndarray] | None = [lungs.segment(p, seg).mask for p in tqdm(images, desc="lung masks", mininterval=5)]
+    except Exception as e:  # noqa: BLE001 - reported in the output, the shift probes still run
+        masks, why = None, f"lung segmenter unavailable: {e}"
+    out = probes.run_probes(clf, images, labels, abstain_threshold(clf), masks)
+    if masks is None:
+        out["context_only_skipped"] = why
+    return out
+
+
+def evaluate(model_name: str, data: Path, split: str | None = "test", with_probes: bool = False) -> dict[str, Any]:
     from cxr_core.data import CLASS_TO_INDEX, folder_manifest, read_manifest
 
     data = Path(data)
@@ -168,6 +186,8 @@ def evaluate(model_name: str, data: Path, split: str | None = "test") -> dict[st
     out["abstention"] = abstention_summary(y, probs, abstain_threshold(load_classifier(model_name)),
                                            df["age_group"].tolist() if "age_group" in df.columns else None)
     out.update({"model": model_name, "data": str(data), "split": None if is_folder else split, "mean_latency_ms": latency})
+    if with_probes:
+        out["probes"] = probe_files(model_name, df["file"].tolist(), y)
     return out
 
 
@@ -178,9 +198,11 @@ def main(argv: Sequence[str] | None = None) -> None:
     ap.add_argument("--split", default="test", help="split to evaluate (manifest only; a folder is used whole); 'all' for every row")
     ap.add_argument("--out", type=Path, default=None, help="write the metrics JSON here")
     ap.add_argument("--threads", type=int, default=settings.TORCH_THREADS)
+    ap.add_argument("--probes", action="store_true",
+                    help="also run the context-only probe and the acquisition-shift stress test (cxr_core.probes)")
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
-    metrics = evaluate(args.model, args.data, args.split)
+    metrics = evaluate(args.model, args.data, args.split, with_probes=args.probes)
     text = json.dumps(metrics, indent=1)
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)
@@ -194,6 +216,14 @@ def main(argv: Sequence[str] | None = None) -> None:
         if a:
             print(f"  {label}: answers {a['coverage']:.1%} ({a['n_answered']}/{metrics['n']}), "
                   f"accuracy on those {a['accuracy_answered']:.4f}")
+    if "probes" in metrics:
+        pr = metrics["probes"]
+        if "context_only" in pr:
+            c = pr["context_only"]
+            print(f"  context only (lungs greyed out): accuracy {c['accuracy']:.3f} (chance {pr['chance_accuracy']:.3f}), "
+                  f"answers {c['coverage']:.1%}")
+        for name, sh in pr["shifts"].items():
+            print(f"  shift {name}: accuracy {sh['accuracy']:.3f} (drop {sh['accuracy_drop']:+.3f}), answers {sh['coverage']:.1%}")
 
 
 if __name__ == "__main__":
