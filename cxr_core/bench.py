@@ -43,6 +43,7 @@ import numpy as np
 import torch
 
 from cxr_core import settings
+from cxr_core.provenance import cpu_model
 
 TARGETS = {"pipeline_p50_ms": 1000.0, "forward_vbreathnet_p50_ms": 100.0, "gradcam_over_forward_vbreathnet": 3.0}
 
@@ -365,7 +366,7 @@ def run_bench(
         "machine": {
             "platform": platform.platform(),
             "processor": platform.processor() or platform.machine(),
-            "cpu_model": _cpu_model(),
+            "cpu_model": cpu_model(),
             # the same code runs 3x slower on an AVX2-only CPU than on one with AVX-512/AMX: say which
             "torch_cpu_capability": torch.backends.cpu.get_cpu_capability(),
             "cpu_count": os.cpu_count(),
@@ -381,16 +382,6 @@ def run_bench(
         "seconds": round(time.time() - t_start, 1),
         "date": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }
-
-
-def _cpu_model() -> str | None:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return None
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -20,6 +20,7 @@ import argparse
 import contextlib
 import datetime as dt
 import json
+import platform
 import random
 import sys
 import time
@@ -35,7 +36,7 @@ from tqdm import tqdm
 
 from cxr_core import settings
 from cxr_core.data import CachedSplit, build_cache, load_split
-from cxr_core.provenance import code_version, sha256_file
+from cxr_core.provenance import code_version, cpu_model, sha256_file
 from cxr_core.evaluate import compute_metrics, reliability
 from cxr_core.models import SPECS, build_model, count_params
 from cxr_core.preprocess import to_model_tensor, train_augmentation
@@ -105,19 +106,6 @@ def precision_context(precision: str) -> contextlib.AbstractContextManager[Any]:
 
 def memory_format(precision: str) -> torch.memory_format:
     return torch.channels_last if precision.endswith("-cl") else torch.contiguous_format
-
-
-def cpu_name() -> str:
-    """The CPU model, for the card's segment list (speeds differ 4x between the machines we get)."""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    import platform
-
-    return platform.processor() or platform.machine()
 
 
 def probe_precision(build: Any, size: int, batch: int = 16, seconds: float = 20.0) -> dict[str, Any]:
@@ -273,7 +261,7 @@ def train_full(model: nn.Module, name: str, train: CachedSplit, val: CachedSplit
         state = ckpt["state"]
         state.setdefault("segments", [])
         run.write_log(f"resumed at epoch {state['epoch']}")
-    segment = {"date": dt.date.today().isoformat(), "cpu": cpu_name(), "threads": torch.get_num_threads(),
+    segment = {"date": dt.date.today().isoformat(), "cpu": cpu_model() or platform.machine(), "threads": torch.get_num_threads(),
                "precision": precision, "probe_img_per_s": probe["img_per_s"],
                "epoch_from": state["epoch"], "epoch_to": state["epoch"], "minutes": 0.0}
     state["segments"].append(segment)
