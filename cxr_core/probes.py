@@ -26,7 +26,7 @@ from PIL import Image
 from tqdm import tqdm
 
 from cxr_core import settings
-from cxr_core.classify import calibrated_probs, decide
+from cxr_core.classify import calibrated_probs
 
 WORKING_SIZE = 512  # longest side of the copy every probe sees
 LUNG_DILATION = 0.03  # of the image's longest side: covers the lung edge the mask may miss
@@ -99,16 +99,13 @@ SHIFTS: dict[str, Shift] = {
 
 
 def _summary(y: np.ndarray, probs: np.ndarray, threshold: float) -> dict[str, float]:
-    """Accuracy, and the share the confidence rule answers with their accuracy (no quality gate: the
-    probe asks what the model does when an image reaches it)."""
-    pred = probs.argmax(1)
-    answered = np.array([not decide(p, threshold)[1] for p in probs]) if len(probs) else np.zeros(0, bool)
-    return {
-        "accuracy": float((pred == y).mean()),
-        "coverage": float(answered.mean()),
-        "accuracy_answered": float((pred[answered] == y[answered]).mean()) if answered.any() else float("nan"),
-        "n": int(len(y)),
-    }
+    """Accuracy, and the share the app's confidence rule answers with their accuracy (no quality gate:
+    the probe asks what the model does when an image reaches it)."""
+    from cxr_core.evaluate import abstention_summary
+
+    ab = abstention_summary(y, probs, threshold)
+    return {"accuracy": float((probs.argmax(1) == y).mean()), "coverage": ab["coverage"],
+            "accuracy_answered": ab["accuracy_answered"], "n": int(len(y))}
 
 
 def run_probes(clf: Any, images: Sequence[np.ndarray], labels: Sequence[int], threshold: float,

@@ -93,15 +93,15 @@ def bf16_native() -> bool:
         return False
 
 
-def cpu_autocast() -> contextlib.AbstractContextManager[Any]:
-    return torch.autocast("cpu", dtype=torch.bfloat16) if bf16_native() else contextlib.nullcontext()
-
-
 PRECISIONS = ("fp32", "fp32-cl", "bf16-cl")  # training arithmetic; scoring and shipped weights are always fp32
 
 
 def precision_context(precision: str) -> contextlib.AbstractContextManager[Any]:
     return torch.autocast("cpu", dtype=torch.bfloat16) if precision.startswith("bf16") else contextlib.nullcontext()
+
+
+def cpu_autocast() -> contextlib.AbstractContextManager[Any]:
+    return precision_context("bf16-cl" if bf16_native() else "fp32")
 
 
 def memory_format(precision: str) -> torch.memory_format:
@@ -320,8 +320,8 @@ def train_full(model: nn.Module, name: str, train: CachedSplit, val: CachedSplit
         state["epoch"] = epoch + 1
         epoch_seconds.append(time.time() - t0)
         segment.update(epoch_to=epoch + 1, minutes=round((time.time() - segment_start) / 60, 2))
-        last = {"model": model.state_dict(), "optimizer": opt.state_dict(), "state": state,
-                "torch_rng": torch.get_rng_state()}
+        # no RNG state to keep: every epoch reseeds torch and the sampler from (seed + epoch)
+        last = {"model": model.state_dict(), "optimizer": opt.state_dict(), "state": state}
         save_atomic(last | ({"ema": ema.state_dict()} if ema is not None else {}), run.last)
     model.load_state_dict(torch.load(run.best, map_location="cpu", weights_only=True))
     model.eval()
@@ -557,8 +557,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         deviations.append("No ImageNet weights available offline: the whole network was trained from scratch on cxr3.")
     if name == "vgg16" and not pretrained:
         deviations.append("VGG16-BN at half width (every layer's channels halved) to stay under the 25 MB weight budget.")
-    precisions = sorted({seg["precision"] for seg in state.get("segments", [])})
-    if any(p.startswith("bf16") for p in precisions):
+    if any(seg["precision"].startswith("bf16") for seg in state.get("segments", [])):
         deviations.append("Trained under bf16 autocast on CPU (chosen by a speed probe); scored and shipped in fp32.")
     if name == "vbreathnet":
         deviations.append("Per-image intensity stretch (1st-99th percentile) before the paper's rescaling.")
