@@ -28,7 +28,6 @@ from __future__ import annotations
 import argparse
 import gc
 import importlib
-import inspect
 import io as _io
 import json
 import os
@@ -103,17 +102,6 @@ def _optional(module: str) -> Any | None:
         return importlib.import_module(module)
     except Exception:  # missing or broken optional component: the stage is skipped, with a reason
         return None
-
-
-def _call_with_supported(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
-    """Call fn with only the keyword arguments its signature accepts."""
-    try:
-        params = inspect.signature(fn).parameters
-    except (TypeError, ValueError):
-        return fn(*args)
-    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
-        return fn(*args, **kwargs)
-    return fn(*args, **{k: v for k, v in kwargs.items() if k in params})
 
 
 # --- inputs ---------------------------------------------------------------------------------------
@@ -214,7 +202,6 @@ def run_bench(
     progress: bool = False,
     models: Sequence[str] | None = None,
 ) -> dict[str, Any]:
-    from cxr_core.classify import predict
     from cxr_core.explain import explain
     from cxr_core.io import load_image
     from cxr_core.preprocess import image_to_tensor, stack_standardised, to_model_tensor
@@ -309,15 +296,14 @@ def run_bench(
             skipped["lungs"] = f"segment failed: {type(exc).__name__}: {exc}"
     log("lungs done")
 
-    # The app's path for one upload (pages/diagnose.py): decode -> quality -> predict -> heatmap -> boxes.
+    # The app's path for one upload: cxr_core.pipeline, which the Diagnose page calls.
+    from cxr_core import pipeline as app_pipeline
 
     def pipeline(data: bytes) -> None:
-        image = load_image(data)
-        quality = assess(image) if assess is not None else None
-        pred = predict(image, main_clf, quality=quality)
-        explain(main_clf, image, target=pred.predicted)
+        analysis = app_pipeline.analyse(data, classifier=main_clf)
+        analysis.heatmap()
         if detect is not None:
-            _call_with_supported(detect, image, conf=0.05)
+            analysis.boxes(conf=settings.DETECTOR_MIN_CONF)
 
     stages["pipeline"] = _stats(_time_each(pipeline, raw, warmup))
     pipeline_parts = ["decode"] + (["quality"] if assess else []) + ["predict", "gradcam"] + (["detector"] if detect else [])

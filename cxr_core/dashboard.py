@@ -794,10 +794,8 @@ def filter_boxes(boxes: Iterable[Any], conf: float = 0.0, classes: Iterable[str]
     return [b for b in boxes if float(b.confidence) >= conf and (keep is None or b.label in keep)]
 
 
-NORMAL_SCOPE_NOTE = ("\"Normal\" means no COVID-19 or viral-pneumonia pattern: this classifier knows only those three "
-                     "classes and does not look for tuberculosis, nodules, effusion or other disease.")
-AGE_SCOPE_NOTE = ("Age group not given, so the age check was not applied: the training data has COVID-19 only in "
-                  "adults and viral pneumonia only in children aged 1-5. Set the age group in the sidebar.")
+NORMAL_SCOPE_NOTE = settings.NORMAL_SCOPE_NOTE  # the page's wording lives in settings
+AGE_SCOPE_NOTE = settings.AGE_SCOPE_NOTE
 
 
 def worklist_row(name: str, quality: Any = None, prediction: Any = None, error: str | None = None) -> dict[str, str]:
@@ -817,19 +815,24 @@ def worklist_row(name: str, quality: Any = None, prediction: Any = None, error: 
     }
 
 
-def box_conflict(prediction: Any, boxes: Iterable[Any]) -> str | None:
-    """Warn when validated detector findings sit on an image the classifier calls Normal.
+def heatmap_caption(heat: Any) -> str:
+    """What a heatmap shows (and does not), with the share of it inside the lungs when known."""
+    from cxr_core.explain import METHODS
 
-    The two models answer different questions; a clinician must not read "Normal" as a clean chest
-    while the detector marks a lesion it was validated for.
-    """
-    if prediction is None or getattr(prediction, "abstained", True) or prediction.predicted != "normal":
+    text = (f"Heatmap ({METHODS[heat.method][1]}) for **{class_label(heat.target)}**: warm colours mark the "
+            "regions that most raised this class's score. It shows where the model looked, not where disease is.")
+    if heat.lung_fraction is not None:
+        text += f" {heat.lung_fraction:.0%} of the highlight lies inside the lungs."
+    return text
+
+
+def sanity_warning(sanity: Mapping[str, Any] | None) -> str | None:
+    """A warning when the model's heatmaps failed a sanity check (explain sanity), else None."""
+    if not sanity or all((sanity.get("passed") or {}).values()):
         return None
-    found = sorted({b.label for b in boxes if getattr(b, "validated", False)})
-    if not found:
-        return None
-    return (f"The detector marks {', '.join(found)} while the classifier suggests Normal. " + NORMAL_SCOPE_NOTE
-            + " Review the marked regions.")
+    failed = ", ".join(k.replace("_", " ") for k, ok in sanity["passed"].items() if not ok)
+    return (f"This model's heatmaps failed a sanity check ({failed}; {sanity.get('n_images')} test images, "
+            f"{sanity.get('method')}): treat them as a rough hint only.")
 
 
 def boxes_table(boxes: Iterable[Any]) -> pd.DataFrame:

@@ -21,11 +21,9 @@ from typing import Any, Iterator, Sequence
 import torch
 from tqdm import tqdm
 
-from cxr_core import settings
-from cxr_core.classify import predict
-from cxr_core.io import ImageLoadError, load_image
+from cxr_core import pipeline, settings
+from cxr_core.io import ImageLoadError
 from cxr_core.models import ModelUnavailableError, load_classifier
-from cxr_core.quality import assess
 
 IMAGE_SUFFIXES = {"." + t for t in settings.UPLOAD_TYPES}
 
@@ -39,25 +37,19 @@ def iter_inputs(paths: Sequence[Path]) -> Iterator[Path]:
             yield p
 
 
-def predict_row(path: Path, model: str, age_group: str | None = None) -> dict[str, Any]:
-    row: dict[str, Any] = {"file": str(path)}
+def analyse_path(path: Path, model: str, age_group: str | None = None) -> tuple[dict[str, Any], pipeline.Analysis | None]:
+    """(CSV row, analysis) for one file via `pipeline.analyse`, as the app runs it; an unreadable
+    file gives a row with the reason and no analysis."""
     try:
-        image = load_image(path)
+        analysis = pipeline.analyse(path, classifier=model, age_group=age_group)
     except ImageLoadError as exc:
-        return row | {"error": str(exc)}
-    quality = assess(image)
-    pred = predict(image, model, quality=quality, age_group=age_group)
-    row |= {f"p_{c}": round(pred.probabilities[c], 4) for c in settings.CLASSES}
-    row |= {
-        "predicted": pred.predicted,
-        "confidence": round(pred.confidence, 4),
-        "abstained": pred.abstained,
-        "quality": quality.verdict,
-        "age_group": pred.age_group or "",
-        "reasons": " | ".join(pred.reasons),
-        "error": "",
-    }
-    return row
+        return {"file": str(path), "error": str(exc)}, None
+    return {"file": str(path)} | analysis.row(), analysis
+
+
+def predict_row(path: Path, model: str, age_group: str | None = None) -> dict[str, Any]:
+    """One CSV row for one file (see `analyse_path`)."""
+    return analyse_path(path, model, age_group)[0]
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -85,22 +77,23 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.cam and len(files) != 1:
         print("--cam needs exactly one image.", file=sys.stderr)
         return 2
-    rows = [predict_row(f, args.model, args.age_group)
-            for f in tqdm(files, desc="predict", unit="image", disable=len(files) < 2, file=sys.stderr, mininterval=5)]
-    columns = ["file", *[f"p_{c}" for c in settings.CLASSES], "predicted", "confidence", "abstained", "quality", "age_group", "reasons", "error"]
+    rows, first = [], None
+    for f in tqdm(files, desc="predict", unit="image", disable=len(files) < 2, file=sys.stderr, mininterval=5):
+        row, analysis = analyse_path(f, args.model, args.age_group)
+        rows.append(row)
+        first = first or analysis  # kept only for --cam (single image); a worklist is not held in memory
     out = open(args.csv, "w", newline="") if args.csv else sys.stdout
     try:
-        writer = csv.DictWriter(out, fieldnames=columns, restval="")
+        writer = csv.DictWriter(out, fieldnames=pipeline.ROW_COLUMNS, restval="")
         writer.writeheader()
         writer.writerows(rows)
     finally:
         if args.csv:
             out.close()
-    if args.cam and not rows[0].get("error"):
-        from cxr_core.explain import explain, overlay, save_overlay
+    if args.cam and first is not None:
+        from cxr_core.explain import overlay, save_overlay
 
-        image = load_image(files[0])
-        save_overlay(args.cam, overlay(image, explain(args.model, image, method=args.cam_method)))
+        save_overlay(args.cam, overlay(first.image, first.heatmap(method=args.cam_method)))
     return 0
 
 

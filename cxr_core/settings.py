@@ -89,6 +89,15 @@ DISCLAIMER: str = (
     "Decision support, not a diagnosis. Research prototype trained on public data; "
     "results must be interpreted by a qualified clinician together with the full clinical picture."
 )
+# Scope notes shown beside a result (page, report): what a suggestion does and does not cover.
+NORMAL_SCOPE_NOTE: str = (
+    "\"Normal\" means no COVID-19 or viral-pneumonia pattern: this classifier knows only those three "
+    "classes and does not look for tuberculosis, nodules, effusion or other disease."
+)
+AGE_SCOPE_NOTE: str = (
+    "Age group not given, so the age check was not applied: the training data has COVID-19 only in "
+    "adults and viral pneumonia only in children aged 1-5. Set the age group in the sidebar."
+)
 
 # --- detection ---
 VINBIG_CLASSES: tuple[str, ...] = (

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from app_fixtures import make_card, write_cards, write_detector_files
-from cxr_core import dashboard, settings
+from cxr_core import dashboard, pipeline, settings
 
 
 @pytest.fixture
@@ -289,12 +289,12 @@ def test_box_conflict_only_for_validated_findings_on_a_normal_call():
     box = lambda label, validated: SimpleNamespace(label=label, validated=validated)  # noqa: E731
     normal = SimpleNamespace(predicted="normal", abstained=False)
     boxes = [box("Active tuberculosis", True), box("Nodule/Mass", False)]
-    msg = dashboard.box_conflict(normal, boxes)
+    msg = pipeline.box_conflict(normal, boxes)
     assert msg.startswith("The detector marks Active tuberculosis while") and "Nodule" not in msg
-    assert dashboard.box_conflict(normal, [box("Nodule/Mass", False)]) is None
-    assert dashboard.box_conflict(SimpleNamespace(predicted="covid", abstained=False), boxes) is None
-    assert dashboard.box_conflict(SimpleNamespace(predicted="normal", abstained=True), boxes) is None
-    assert dashboard.box_conflict(None, boxes) is None
+    assert pipeline.box_conflict(normal, [box("Nodule/Mass", False)]) is None
+    assert pipeline.box_conflict(SimpleNamespace(predicted="covid", abstained=False), boxes) is None
+    assert pipeline.box_conflict(SimpleNamespace(predicted="normal", abstained=True), boxes) is None
+    assert pipeline.box_conflict(None, boxes) is None
 
 
 def test_worklist_row_says_what_happened_to_each_file():

@@ -1,0 +1,134 @@
+"""Layout pieces of the Diagnose page: sidebar model choice, quality, result, boxes and report panels.
+
+Only widgets and layout: every value shown comes from a `cxr_core.pipeline.Analysis`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from typing import Any
+
+import streamlit as st
+
+from cxr_core import dashboard, report, settings
+from pages._common import limits_box
+from pages._session import cached
+
+
+def model_sidebar(trained_names: list[str], display_names: dict[str, str]) -> tuple[str, bool]:
+    """(chosen classifier name, whether to show patient identifiers)."""
+    st.subheader("Model")
+    # Widgets take display strings (no format_func): labels map back to model names.
+    by_label = {display_names.get(n, n) + ("" if n in trained_names else " (not trained)"): n
+                for n in display_names}
+    labels = list(by_label)
+    default = settings.DEFAULT_CLASSIFIER if settings.DEFAULT_CLASSIFIER in trained_names else (
+        trained_names[0] if trained_names else settings.DEFAULT_CLASSIFIER)
+    default_label = next((lab for lab, n in by_label.items() if n == default), labels[0] if labels else None)
+    chosen = st.selectbox(
+        "Classifier",
+        labels,
+        index=labels.index(default_label) if default_label in labels else 0,
+        key="dx_model",
+        help="V-BreathNet is the default. Baselines appear here once their weights are trained.",
+    )
+    model_name = by_label.get(chosen, settings.DEFAULT_CLASSIFIER)
+    show_ids = st.checkbox(
+        "Show patient identifiers (DICOM)", value=False, key="dx_show_ids",
+        help="Off by default: names, IDs and dates in DICOM headers stay hidden and out of reports.",
+    )
+
+    return model_name, show_ids
+
+
+def quality_panel(quality: Any) -> None:
+    st.subheader("Image quality")
+    if quality is not None:
+        verdict = str(quality.verdict).lower()
+        reasons = list(quality.reasons or [])
+        text = "; ".join(reasons) if reasons else "No problem found."
+        if verdict == "pass":
+            st.success(f"**Pass.** {text}", icon=":material/check_circle:")
+        elif verdict == "warn":
+            st.warning(f"**Check the image.** {text}", icon=":material/warning:")
+        else:
+            st.error(f"**Not suitable for analysis.** {text}", icon=":material/block:")
+    else:
+        st.info("Quality check unavailable.", icon=":material/info:")
+
+
+def result_panel(prediction: Any, pred_error: str | None, card: dict | None, trained_names: list[str],
+                 display_names: dict[str, str]) -> None:
+    st.subheader("Result")
+
+    if prediction is not None:
+        name_shown = display_names.get(prediction.model, prediction.model)
+        if prediction.abstained:
+            st.warning(
+                "**No class suggested: the model abstains.** "
+                + " ".join(prediction.reasons or ["The result is too uncertain to show."])
+                + " Interpret the image clinically.",
+                icon=":material/do_not_disturb_on:",
+            )
+        else:
+            # stacked, not side by side: "Viral Pneumonia" does not fit half a column at metric size
+            st.metric("Suggested class", prediction.label)
+            st.metric("Calibrated confidence", dashboard.format_probability(prediction.confidence))
+            if prediction.predicted == "normal":
+                st.caption(dashboard.NORMAL_SCOPE_NOTE)
+            elif prediction.age_group is None:
+                st.caption(dashboard.AGE_SCOPE_NOTE)
+        st.plotly_chart(
+            dashboard.probability_figure(prediction.probabilities, prediction.predicted, prediction.abstained),
+            config={"displayModeBar": False}, key="dx_probs",
+        )
+        st.caption(f"Model: **{name_shown}** · temperature-scaled probabilities · "
+                   "**Decision support, not a diagnosis.**")
+        limits_box(card)
+    elif pred_error:
+        st.error(pred_error, icon=":material/error:")
+    elif not trained_names:
+        st.info("No trained model is available, so no class is suggested.", icon=":material/info:")
+    else:
+        st.info("Select a trained model in the sidebar to get a suggestion.", icon=":material/info:")
+
+
+def boxes_panel(shown_boxes: list, det_label: str | None, det_card: dict | None) -> None:
+    st.markdown(f"**Abnormality boxes** — {det_label}")
+    if shown_boxes:
+        st.dataframe(dashboard.boxes_table(shown_boxes), hide_index=True)
+        if any(not getattr(b, "validated", False) for b in shown_boxes):
+            st.caption("Boxes marked *not validated* (a \\* after the label on the image) belong to classes "
+                       "with too few test examples to measure accuracy. Treat them as hints only.")
+    else:
+        st.caption("No box above the threshold.")
+    limits_box({"known_limits": dashboard.detector_limits(det_card)}, "Known limits of the detector")
+
+
+def report_panel(analysis: Any, filename: str, base: Any, composite: Any, boxes: list | None,
+                 det_conf: float | None, heat_method: str | None, notes: list[str]) -> None:
+    """PDF and JSON downloads of what the page shows (built from the analysis, in memory only)."""
+    st.subheader("Report")
+    try:
+        record = analysis.record(boxes=boxes, detector_conf=det_conf, heatmap_method=heat_method,
+                                 notes=notes)
+        stem = filename.rsplit(".", 1)[0] or "cxr"
+        d1, d2 = st.columns(2)
+        overlay_img = composite if composite is not base else None
+        fingerprint = hashlib.sha1(base.tobytes())
+        if overlay_img is not None:
+            fingerprint.update(overlay_img.tobytes())
+        fingerprint.update(report.to_json({k: v for k, v in record.items() if k != "generated_at"}))
+        pdf_status, pdf_bytes = cached(("pdf", fingerprint.hexdigest()),
+                                       lambda: report.to_pdf(record, base, overlay_img))
+        if pdf_status == "ok":
+            d1.download_button("PDF report", pdf_bytes, file_name=f"{stem}_report.pdf", mime="application/pdf",
+                               icon=":material/picture_as_pdf:", key="dx_pdf", on_click="ignore")
+        else:
+            d1.warning("The PDF could not be generated.")
+        d2.download_button("Results (JSON)", report.to_json(record), file_name=f"{stem}_results.json",
+                           mime="application/json", icon=":material/data_object:", key="dx_json",
+                           on_click="ignore")
+        st.caption("Reports include the disclaimer and model versions. Identifiers are left out unless shown above.")
+    except Exception:
+        st.warning("Reports are not available right now.", icon=":material/warning:")

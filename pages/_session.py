@@ -1,0 +1,111 @@
+"""Per-session memory for the Diagnose page: decoded uploads and their `pipeline.Analysis`.
+
+Uploads are held in memory only (this session's state), never written to disk or logged. Each
+upload is decoded once per session and analysed once per (model, age group); Streamlit reruns the
+page on every widget change, and these caches are what keep a slider move from decoding a
+12-bit DICOM or running the model again.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections import OrderedDict
+from typing import Any, Callable
+
+import streamlit as st
+
+from cxr_core import pipeline, settings
+
+MAX_CACHED = 24  # entries kept per session (a small worklist), oldest dropped first
+GENERIC_ERROR = "Something went wrong while analysing this image. The result is not shown; try again or use another file."
+_USER_FACING = {"ModelUnavailableError", "ImageLoadError", "FileNotFoundError"}
+
+
+def friendly(exc: Exception) -> str:
+    """The message a user sees: our own user-facing errors verbatim, anything else generic."""
+    return str(exc) if type(exc).__name__ in _USER_FACING else GENERIC_ERROR
+
+
+def cached(key: tuple, compute: Callable[[], Any]) -> tuple[str, Any]:
+    """Memoise per session: ('ok', value) or ('error', user-facing message)."""
+    store: OrderedDict = st.session_state.setdefault("dx_cache", OrderedDict())
+    if key in store:
+        store.move_to_end(key)
+        return store[key]
+    try:
+        value = ("ok", compute())
+    except Exception as exc:  # shown as a message, never as a traceback
+        value = ("error", friendly(exc))
+    store[key] = value
+    while len(store) > MAX_CACHED:
+        store.popitem(last=False)
+    return value
+
+
+def attempt(compute: Callable[[], Any]) -> tuple[str, Any]:
+    """Like `cached` without memory: for layers the `Analysis` caches itself."""
+    try:
+        return "ok", compute()
+    except Exception as exc:
+        return "error", friendly(exc)
+
+
+def digest_of(upload: Any) -> str:
+    return hashlib.sha256(upload.getvalue()).hexdigest()
+
+
+def age_options(from_header: str | None) -> dict[str, str | None]:
+    """Age-group choices; with a DICOM age the header's band is the default and "Not given" is not offered."""
+    options: dict[str, str | None] = {} if from_header else {"Not given": None}
+    return options | {settings.AGE_GROUP_LABELS[g] + (" (DICOM header)" if g == from_header else ""): g
+                      for g in settings.AGE_GROUPS}
+
+
+def age_key(digest: str) -> str:
+    return f"dx_age_{digest[:16]}"
+
+
+def chosen_age(digest: str, from_header: str | None) -> str | None:
+    """The age group picked for this upload (its own widget), else the header's band."""
+    return age_options(from_header).get(st.session_state.get(age_key(digest)), from_header)
+
+
+def decoded(upload: Any, show_ids: bool) -> tuple[str, Any]:
+    """('ok', CXRImage) or ('error', message), decoded once per upload and identifier choice."""
+    digest = digest_of(upload)
+    return cached(("image", digest, show_ids),
+                  lambda: pipeline.decode(upload.getvalue(), upload.name, include_identifiers=show_ids))
+
+
+def analysed(upload: Any, image: Any, clf: Any, model_name: str, age_group: str | None,
+             show_ids: bool) -> tuple[str, Any]:
+    """('ok', Analysis) or ('error', message) for this upload, model and age group.
+
+    The worklist overview and the single-image view use the same keys, so neither computes
+    what the other already did. `id(clf)` is in the key: a model reloaded after training is new.
+    """
+    key = ("analysis", digest_of(upload), show_ids, model_name if clf is not None else None, id(clf), age_group)
+    return cached(key, lambda: pipeline.analyse(image, classifier=clf, age_group=age_group,
+                                                include_identifiers=show_ids))
+
+
+MAX_ROWS = 64  # worklist overview lines kept per session (a few strings each)
+
+
+def overview_row(upload: Any, model_name: str, clf: Any, show_ids: bool) -> dict[str, str]:
+    """One worklist line (quality verdict, suggestion or abstention), memoised per file, model and age."""
+    from cxr_core import dashboard
+
+    digest = digest_of(upload)
+    rows: OrderedDict = st.session_state.setdefault("dx_rows", OrderedDict())
+    key = (digest, model_name, id(clf), st.session_state.get(age_key(digest)), show_ids)
+    if key not in rows:
+        status, value = decoded(upload, show_ids)
+        if status == "ok":
+            status, value = analysed(upload, value, clf, model_name, chosen_age(digest, value.meta.age_group),
+                                     show_ids)
+        rows[key] = (dashboard.worklist_row(upload.name, value.quality, value.prediction) if status == "ok"
+                     else dashboard.worklist_row(upload.name, error=value))
+        while len(rows) > MAX_ROWS:
+            rows.popitem(last=False)
+    return rows[key] | {"File": upload.name}
