@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import math
 from pathlib import Path
-from typing import Any, Iterable, Mapping
+from typing import Any, Iterable, Mapping, Sequence
 
 import numpy as np
 import pandas as pd
@@ -986,8 +986,11 @@ def markdown_table(df: pd.DataFrame, decimals: int = 3) -> str:
     return "\n".join(lines)
 
 
-def main() -> None:
+def main(argv: Sequence[str] | None = None) -> int:
     """`python -m cxr_core.dashboard`: the comparison and per-group tables as markdown (for the README)."""
+    import argparse
+
+    argparse.ArgumentParser(prog="python -m cxr_core.dashboard", description=main.__doc__).parse_args(argv)
     cards = load_cards()
     print("### Classifiers on the cxr3 test split\n")
     print(markdown_table(comparison_table(cards).drop(columns=["Status"])))
@@ -999,7 +1002,8 @@ def main() -> None:
     for pair in pairs.values():
         print("\n" + markdown_table(ablation_table(pair)))
         print("\n" + (ablation_choice(pair) or ""))
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(main())

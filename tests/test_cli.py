@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 from conftest import cxr3_rows, requires_cxr3
 
+from cxr_core import __main__ as cxr_main
 from cxr_core import evaluate, predict, settings, train
 from cxr_core.models import load_classifier
 
@@ -117,6 +118,46 @@ def test_cli_help(module, capsys) -> None:
         module.main(["--help"])
     assert exc.value.code == 0
     assert "usage: python -m cxr_core." in capsys.readouterr().out
+
+
+def _available(target: str) -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec(target.split(":")[0].rsplit(".__main__", 1)[0]) is not None
+
+
+@pytest.mark.parametrize(("task", "mode"), [(t, m) for t, (_, modes) in cxr_main.TASKS.items() for m in modes])
+def test_one_cli_routes_every_mode_to_its_help(task: str, mode: str, capsys) -> None:
+    target = cxr_main.TASKS[task][1][mode].target
+    if not _available(target):
+        pytest.skip(f"{target} is not part of this checkout")
+    assert cxr_main.main([task, mode, "--help"]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("usage: python -m cxr_core") and "--help" in out
+
+
+def test_one_cli_levels_and_exit_convention(capsys) -> None:
+    assert cxr_main.main(["--help"]) == 0
+    out = capsys.readouterr().out
+    assert all(f"  {t} " in out for t in cxr_main.TASKS)
+    assert cxr_main.main(["classify", "--help"]) == 0
+    assert "  sanity " in capsys.readouterr().out
+    assert cxr_main.main([]) == 2 and cxr_main.main(["classify"]) == 2
+    assert cxr_main.main(["nope"]) == 2 and "Unknown task 'nope'" in capsys.readouterr().err
+    assert cxr_main.main(["classify", "fly"]) == 2 and "Unknown mode 'fly'" in capsys.readouterr().err
+    assert cxr_main.main(["classify", "train", "--no-such-flag"]) == 2  # argparse's usage error
+
+
+def test_one_cli_gives_the_same_rows_as_the_module_command(tmp_path: Path, capsys) -> None:
+    from app_fixtures import chest_png_bytes
+
+    (tmp_path / "a.png").write_bytes(chest_png_bytes(256, seed=1))
+    (tmp_path / "bad.png").write_bytes(b"not an image")
+    assert predict.main([str(tmp_path)]) == 0
+    old = capsys.readouterr().out
+    assert cxr_main.main(["classify", "predict", str(tmp_path)]) == 0
+    new = capsys.readouterr().out
+    assert new == old and "bad.png" in new and "a.png" in new
 
 
 @requires_cxr3
