@@ -38,7 +38,7 @@ import cv2
 import numpy as np
 import torch
 
-from cxr_core import settings
+from cxr_core import cfg, settings
 from cxr_core.io import CXRImage
 from cxr_core.preprocess import Box, robust_stretch
 from cxr_core.provenance import code_version
@@ -985,17 +985,25 @@ def _cli(argv: Sequence[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m cxr_core.lungs", description=__doc__.split("\n")[0])
     sub = p.add_subparsers(dest="cmd", required=True)
 
+    # defaults from cfg/segment.yaml (+ --config FILE); each run's settings are kept per stage in its state
+    pre = argparse.ArgumentParser(add_help=False)
+    pre.add_argument("--config", type=Path, default=None)
+    try:
+        recipe = cfg.load("segment", pre.parse_known_args(argv)[0].config)
+    except cfg.ConfigError as exc:
+        raise SystemExit(str(exc)) from None
     t = sub.add_parser("train", help="train the U-Net (resumes from RUN_DIR/last.pt)")
-    t.add_argument("--epochs", type=int, default=30)
+    t.add_argument("--config", type=Path, default=None, help="YAML recipe on top of cxr_core/cfg/segment.yaml")
+    t.add_argument("--epochs", type=int, default=recipe["epochs"])
     t.add_argument("--out", type=Path, default=settings.LUNGSEG_WEIGHTS)
     t.add_argument("--run-dir", type=Path, default=settings.CACHE_DIR / "lungseg_run")
     t.add_argument("--no-resume", action="store_true")
-    t.add_argument("--batch-size", type=int, default=8)
-    t.add_argument("--lr", type=float, default=1e-3)
-    t.add_argument("--threads", type=int, default=1)
+    t.add_argument("--batch-size", type=int, default=recipe["batch_size"])
+    t.add_argument("--lr", type=float, default=recipe["lr"])
+    t.add_argument("--threads", type=int, default=recipe["threads"])
     t.add_argument("--log", type=Path, default=None)
-    t.add_argument("--crop", type=int, default=None, help="train on random CROP x CROP windows (less compute)")
-    t.add_argument("--freeze-blocks", type=int, default=0, help="freeze the first N encoder blocks")
+    t.add_argument("--crop", type=int, default=recipe["crop"], help="train on random CROP x CROP windows (less compute)")
+    t.add_argument("--freeze-blocks", type=int, default=recipe["freeze_blocks"], help="freeze the first N encoder blocks")
     t.add_argument("--until", default=None, help="UTC HH:MM today: re-plan epochs to finish by then")
 
     e = sub.add_parser("evaluate", help="Dice/IoU on a split (+ latency)")

@@ -34,7 +34,7 @@ from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from torch.utils.data import DataLoader, Dataset, WeightedRandomSampler
 from tqdm import tqdm
 
-from cxr_core import settings
+from cxr_core import cfg, settings
 from cxr_core.data import CachedSplit, build_cache, load_split
 from cxr_core.provenance import code_version, cpu_model, sha256_file
 from cxr_core.evaluate import compute_metrics, reliability
@@ -480,17 +480,31 @@ def rescore(args: argparse.Namespace) -> None:
     print(f"{name}: rescored, test accuracy {t['accuracy']:.4f}, T={temperature:.2f} -> {card_path}")
 
 
+# config key -> argparse destination, for the keys of cfg/classify.yaml
+CONFIG_DEST = {"size": "size", "epochs": "epochs", "batch": "batch", "lr": "lr", "lr_step": "lr_step", "ema": "ema",
+               "views": "views", "precision": "precision"}
+
+
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    """Flags on top of `--config FILE` on top of cxr_core/cfg/classify.yaml (one loader, strict keys)."""
+    pre = argparse.ArgumentParser(add_help=False)
+    pre.add_argument("--config", type=Path, default=None)
+    try:
+        recipe = cfg.load("classify", pre.parse_known_args(argv)[0].config)
+    except cfg.ConfigError as exc:
+        raise SystemExit(str(exc)) from None
     ap = argparse.ArgumentParser(prog="python -m cxr_core.train", description=__doc__.split("\n\n")[0])
     ap.add_argument("--model", required=True, choices=settings.CLASSIFIERS)
+    ap.add_argument("--config", type=Path, default=None,
+                    help=f"YAML recipe on top of {cfg.path('classify').relative_to(settings.ROOT)} (unknown keys refused)")
     ap.add_argument("--manifest", type=Path, default=settings.CXR3_MANIFEST)
-    ap.add_argument("--size", type=int, default=None, help="input size (default: the model's paper size)")
-    ap.add_argument("--epochs", type=int, default=None, help="default: 12 full-network, 40 head-only")
-    ap.add_argument("--batch", type=int, default=32)
-    ap.add_argument("--lr", type=float, default=1e-3)
-    ap.add_argument("--lr-step", type=int, default=PAPER_LR_STEP, help="halve the lr every N epochs (paper: 5)")
-    ap.add_argument("--ema", type=float, default=0.0, help="full mode: keep and score an EMA of the weights with this decay per step (0: off)")
-    ap.add_argument("--views", type=int, default=4, help="head mode: clean + augmented views of the train split")
+    ap.add_argument("--size", type=int, help="input size (default: the model's paper size)")
+    ap.add_argument("--epochs", type=int, help="default: 12 full-network, 40 head-only")
+    ap.add_argument("--batch", type=int)
+    ap.add_argument("--lr", type=float)
+    ap.add_argument("--lr-step", type=int, help=f"halve the lr every N epochs (paper: {PAPER_LR_STEP})")
+    ap.add_argument("--ema", type=float, help="full mode: keep and score an EMA of the weights with this decay per step (0: off)")
+    ap.add_argument("--views", type=int, help="head mode: clean + augmented views of the train split")
     ap.add_argument("--lung-crop", type=Path, default=None, help="CSV of chest boxes (python -m cxr_core.lungs crop-boxes)")
     ap.add_argument("--no-quality-filter", action="store_true")
     ap.add_argument("--no-resume", dest="resume", action="store_false")
@@ -499,7 +513,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
                          "a run in the next session, e.g. weights/checkpoints/vbreathnet-256")
     ap.add_argument("--budget-min", type=float, default=None,
                     help="full mode: stop cleanly at an epoch boundary before N minutes; rerun the same command to continue")
-    ap.add_argument("--precision", choices=("auto",) + PRECISIONS, default="auto",
+    ap.add_argument("--precision", choices=("auto",) + PRECISIONS,
                     help="training arithmetic (auto: a ~20 s probe picks the fastest); scoring is always fp32")
     ap.add_argument("--threads", type=int, default=settings.TORCH_THREADS)
     ap.add_argument("--seed", type=int, default=settings.SEED)
@@ -507,9 +521,19 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     ap.add_argument("--limit", type=int, default=None, help="use only N images per split (smoke tests)")
     ap.add_argument("--rescore", action="store_true",
                     help="no training: recompute calibration and val/test metrics of weights in --out-dir (fp32)")
+    ap.set_defaults(**{dest: recipe[key] for key, dest in CONFIG_DEST.items()})
     args = ap.parse_args(argv)
+    if not recipe["quality_filter"]:
+        args.no_quality_filter = True
+    if args.precision not in ("auto",) + PRECISIONS:
+        ap.error(f"precision must be one of auto, {', '.join(PRECISIONS)} (config said {args.precision!r})")
     args.argv = list(argv) if argv is not None else sys.argv[1:]
     return args
+
+
+def resolved_config(args: argparse.Namespace) -> dict[str, Any]:
+    """The recipe that ran (cfg/classify.yaml keys), for the model card."""
+    return {key: getattr(args, dest) for key, dest in CONFIG_DEST.items()} | {"quality_filter": not args.no_quality_filter}
 
 
 def main(argv: Sequence[str] | None = None) -> None:
@@ -604,6 +628,7 @@ def main(argv: Sequence[str] | None = None) -> None:
             "history": state["history"],
             "segments": state.get("segments", []),
             "command": "python -m cxr_core.train " + " ".join(args.argv),
+            "config": resolved_config(args),
         },
         "calibration": calibration,
         "metrics": metrics,

@@ -106,7 +106,7 @@ def main(argv: list[str] | None = None) -> int:
     s.set_defaults(func=_prepare)
 
     s = sub.add_parser("train", help="fine-tune from the pretrained checkpoint (CPU, resumable)")
-    s.add_argument("--config", default=None, help="YAML of ultralytics train args (default: default.yaml)")
+    s.add_argument("--config", default=None, help="YAML of ultralytics train args on top of cxr_core/cfg/detect.yaml; unknown keys refused")
     s.add_argument("--data", default=None)
     s.add_argument("--model", default=None)
     s.add_argument("--name", default=None)

@@ -19,17 +19,25 @@ from pathlib import Path
 import numpy as np
 import yaml
 
+from cxr_core import cfg as config
 from cxr_core import settings
 from cxr_core.detection.detect import trained_imgsz, ultralytics_offline
 
-DEFAULT_CONFIG = Path(__file__).with_name("default.yaml")
+DEFAULT_CONFIG = config.path("detect")
 RUNS_DIR = settings.CACHE_DIR / "detection" / "runs"
 PROGRESS_LOG = settings.CACHE_DIR / "detection" / "train_progress.log"
 
 
+def _ultralytics_keys() -> set[str]:
+    """Every argument ultralytics' own cfg/default.yaml knows: a user's file may set any of them."""
+    import ultralytics
+
+    return set(yaml.safe_load((Path(ultralytics.__file__).parent / "cfg" / "default.yaml").read_text()))
+
+
 def load_config(path: Path | None = None, **overrides) -> dict:
-    cfg = yaml.safe_load(Path(path or DEFAULT_CONFIG).read_text()) or {}
-    cfg.update({k: v for k, v in overrides.items() if v is not None})
+    """cfg/detect.yaml, then `path`, then `overrides`; unknown keys refused (cxr_core.cfg.load)."""
+    cfg = config.load("detect", path, overrides, extra_keys=_ultralytics_keys(), typed=False)
     cfg["model"] = str(cfg.get("model") or settings.YOLO_PRETRAINED)
     cfg["data"] = str(cfg.get("data") or settings.DETECTOR_DATA_DIR / "data.yaml")
     cfg["project"] = str(Path(cfg.get("project") or RUNS_DIR).resolve())
