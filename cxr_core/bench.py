@@ -251,7 +251,7 @@ def run_bench(
 
     throughput: dict[str, Any] = {}
     for name, clf in clfs.items():
-        xs = [image_to_tensor(im, clf.family, clf.input_size) for im in images]
+        xs = [clf.to_input(im) for im in images]
         with torch.inference_mode():
             stages[f"forward_{name}"] = _stats(_time_each(lambda x, m=clf.model: m(x), xs, warmup))
         stages[f"gradcam_{name}"] = _stats(_time_each(lambda im, c=clf: explain(c, im), images, warmup))

@@ -15,7 +15,7 @@ import torch
 from cxr_core import settings
 from cxr_core.io import CXRImage
 from cxr_core.models import Classifier, load_classifier
-from cxr_core.preprocess import Box, image_to_tensor
+from cxr_core.preprocess import Box
 
 if TYPE_CHECKING:
     from cxr_core.quality import QualityReport
@@ -107,7 +107,7 @@ def predict(
     """`age_group` defaults to what the DICOM header says (`ImageMeta.age_group`), if anything."""
     classifier = load_classifier(clf) if isinstance(clf, str) else clf
     age_group = age_group or image.meta.age_group
-    x = image_to_tensor(image, classifier.family, classifier.input_size, box)
+    x = classifier.to_input(image, box)
     probs = calibrated_probs(classifier.model(x)[0], classifier.temperature)
     idx, abstained, reasons = decide(probs, abstain_threshold(classifier), quality, age_group)
     return Prediction(

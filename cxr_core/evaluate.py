@@ -33,7 +33,6 @@ from cxr_core import settings
 from cxr_core.classify import abstain_threshold, calibrated_probs, decide, scope_reason
 from cxr_core.io import load_image
 from cxr_core.models import load_classifier
-from cxr_core.preprocess import image_to_tensor
 
 GROUP_COLUMNS = ("source", "age_group")
 ECE_BINS = 15
@@ -118,7 +117,7 @@ def predict_files(model_name: str, files: Sequence[str]) -> tuple[np.ndarray, fl
     probs, times = [], []
     with torch.inference_mode():
         for f in tqdm(files, desc=f"evaluate {model_name}", mininterval=5):
-            x = image_to_tensor(load_image(f), clf.family, clf.input_size)
+            x = clf.to_input(load_image(f))
             t = time.perf_counter()
             logits = clf.model(x)
             times.append(time.perf_counter() - t)

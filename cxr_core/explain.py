@@ -48,7 +48,7 @@ from torch import nn
 from cxr_core import settings
 from cxr_core.io import CXRImage
 from cxr_core.models import Classifier, load_classifier
-from cxr_core.preprocess import Box, image_to_tensor, standardise, to_model_tensor
+from cxr_core.preprocess import Box, standardise, to_model_tensor
 
 # name -> (pytorch_grad_cam class, display name). Grad-CAM is the default shown in the app.
 METHODS: dict[str, tuple[type, str]] = {
@@ -262,7 +262,7 @@ def explain(
     clf = load_classifier(model) if isinstance(model, str) else model
     pixels = image.pixels if isinstance(image, CXRImage) else np.asarray(image, dtype=np.float32)
     tidx = _resolve_target(target)
-    x = image_to_tensor(pixels, clf.family, clf.input_size, box)
+    x = clf.to_input(pixels, box)
     maps, logits = cam_at_input(clf, x, tidx, method)
     probs = torch.softmax(torch.from_numpy(logits[0]) / float(clf.temperature), dim=-1).numpy()
     pred = int(np.argmax(probs))

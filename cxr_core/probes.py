@@ -114,7 +114,6 @@ def run_probes(clf: Any, images: Sequence[np.ndarray], labels: Sequence[int], th
 
     `clf` is a loaded classifier (`cxr_core.models.load_classifier`); `lung_masks` are boolean masks at
     the working copies' size (the context-only probe is skipped without them)."""
-    from cxr_core.preprocess import image_to_tensor
 
     y = np.asarray(labels, dtype=int)
     variants: dict[str, list[np.ndarray]] = {"none": list(images)}
@@ -127,7 +126,7 @@ def run_probes(clf: Any, images: Sequence[np.ndarray], labels: Sequence[int], th
     with torch.inference_mode():
         for name, imgs in tqdm(variants.items(), desc="probes", mininterval=5):
             probs[name] = np.stack([
-                calibrated_probs(clf.model(image_to_tensor(p, clf.family, clf.input_size))[0], clf.temperature)
+                calibrated_probs(clf.model(clf.to_input(p))[0], clf.temperature)
                 for p in imgs
             ])
     base = _summary(y, probs["none"], threshold)

@@ -9,7 +9,6 @@ uploaded is written to disk. Patient identifiers appear only if the caller asked
 from __future__ import annotations
 
 import datetime as _dt
-import io
 import json
 from typing import Any, Iterable, Mapping
 

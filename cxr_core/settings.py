@@ -14,6 +14,7 @@ from pathlib import Path
 # --- paths -------------------------------------------------------------------
 ROOT: Path = Path(__file__).resolve().parent.parent
 WEIGHTS_DIR: Path = Path(os.environ.get("CXR_WEIGHTS_DIR", ROOT / "weights"))
+WEIGHT_BUDGET_MB: int = 25  # a committed weights file stays under this (git, the 64 MiB device carry)
 SHARED_DIR: Path = Path(os.environ.get("CXR_SHARED_DIR", ROOT.parent / "shared"))
 DATA_DIR: Path = SHARED_DIR / "data"
 CXR3_DIR: Path = DATA_DIR / "cxr3"

@@ -143,6 +143,10 @@ def probe_precision(build: Any, size: int, batch: int = 16, seconds: float = 20.
 
 
 PAPER_LR_STEP = 5  # the paper halves the learning rate every 5 epochs
+OPTIMIZERS: dict[str, Any] = {  # ModelSpec.optimizer -> (parameters, lr) -> optimiser
+    "RMSprop": lambda params, lr: torch.optim.RMSprop(params, lr=lr),  # the paper's V-BreathNet
+    "Adam": lambda params, lr: torch.optim.Adam(params, lr=lr, weight_decay=1e-4),
+}
 
 
 def lr_schedule(epoch: int, base_lr: float, step: int = PAPER_LR_STEP) -> float:
@@ -242,10 +246,7 @@ def train_full(model: nn.Module, name: str, train: CachedSplit, val: CachedSplit
     # the smoother model to evaluate and keep.
     ema = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(args.ema), use_buffers=True) if args.ema else None
     scored = ema.module if ema is not None else model
-    if name == "vbreathnet":
-        opt: torch.optim.Optimizer = torch.optim.RMSprop(model.parameters(), lr=args.lr)
-    else:
-        opt = torch.optim.Adam(model.parameters(), lr=args.lr, weight_decay=1e-4)
+    opt = OPTIMIZERS[SPECS[name].optimizer](model.parameters(), args.lr)
     state: dict[str, Any] = {"epoch": 0, "history": [], "best_acc": -1.0, "seconds": 0.0, "size": size, "segments": []}
     if not args.resume and run.dir.exists():
         for f in (run.last, run.best):
@@ -545,8 +546,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     name, spec = args.model, SPECS[args.model]
     model, pretrained = build_model(name, input_size=args.size)
     mode = "head" if pretrained else "full"
-    size = args.size or (spec.default_size if (name == "vbreathnet" or pretrained) else 128)
-    if name == "vbreathnet":
+    size = args.size or (spec.default_size if (spec.is_paper_model or pretrained) else spec.scratch_size)
+    if spec.size_dependent:
         model, _ = build_model(name, input_size=size)
     args.epochs = args.epochs or (40 if mode == "head" else 12)
     cache = build_cache(args.manifest, size, args.lung_crop)
@@ -566,7 +567,7 @@ def main(argv: Sequence[str] | None = None) -> None:
 
     family = spec.family
     big = count_params(model)["total"] > 4_000_000
-    if big:  # stored in fp16 for the 25 MB budget: score the weights the app will load
+    if big:  # stored in fp16 for the weight budget (settings.WEIGHT_BUDGET_MB): score the weights the app will load
         model.load_state_dict({k: v.half().float() if v.is_floating_point() else v for k, v in model.state_dict().items()})
     temperature, calibration, metrics = score(model, family, val, test)
     state_dict = {k: (v.half() if big and v.is_floating_point() else v) for k, v in model.state_dict().items()}
@@ -577,14 +578,12 @@ def main(argv: Sequence[str] | None = None) -> None:
     deviations = []
     if size != spec.default_size:
         deviations.append(f"Input {size} px instead of the paper's {spec.default_size} px (measured CPU training cost).")
-    if name != "vbreathnet" and not pretrained:
+    if not spec.is_paper_model and not pretrained:
         deviations.append("No ImageNet weights available offline: the whole network was trained from scratch on cxr3.")
-    if name == "vgg16" and not pretrained:
-        deviations.append("VGG16-BN at half width (every layer's channels halved) to stay under the 25 MB weight budget.")
+        deviations += spec.scratch_deviations
     if any(seg["precision"].startswith("bf16") for seg in state.get("segments", [])):
         deviations.append("Trained under bf16 autocast on CPU (chosen by a speed probe); scored and shipped in fp32.")
-    if name == "vbreathnet":
-        deviations.append("Per-image intensity stretch (1st-99th percentile) before the paper's rescaling.")
+    deviations += spec.deviations
     if args.lr_step != PAPER_LR_STEP:
         deviations.append(f"Learning rate halved every {args.lr_step} epochs instead of the paper's {PAPER_LR_STEP}.")
     if args.ema:
@@ -596,16 +595,16 @@ def main(argv: Sequence[str] | None = None) -> None:
         m["mean_latency_ms"] = latency
     card = {
         "name": name,
-        "display_name": spec.display_name + ("" if pretrained or name == "vbreathnet" else " (from scratch)")
+        "display_name": spec.display_name + ("" if pretrained or spec.is_paper_model else " (from scratch)")
         + (" + lung crop" if args.lung_crop else ""),
         "input_size": size,
         "family": family,
         "mode": mode,
         "pretrained": pretrained,
-        "faithful_to_paper": (name == "vbreathnet" and size == spec.default_size) or (name != "vbreathnet" and bool(pretrained)),
+        "faithful_to_paper": (size == spec.default_size) if spec.is_paper_model else bool(pretrained),
         "deviations": deviations,
         "params": count_params(model),
-        "paper": {"params_total": spec.paper_params_total, "test_accuracy": 0.9684 if name == "vbreathnet" else None},
+        "paper": {"params_total": spec.paper_params_total, "test_accuracy": spec.paper_test_accuracy},
         "data": {
             "manifest": str(args.manifest.relative_to(settings.SHARED_DIR.parent)) if args.manifest.is_relative_to(settings.SHARED_DIR.parent) else str(args.manifest),
             "manifest_sha256": sha256_file(args.manifest),
@@ -621,7 +620,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         "training": {
             "epochs": state["epoch"], "best_epoch": state.get("best_epoch"), "seconds": state["seconds"],
             "batch": args.batch, "lr": args.lr, "seed": args.seed, "threads": args.threads,
-            "optimizer": "RMSprop" if name == "vbreathnet" else "Adam",
+            "optimizer": spec.optimizer,
             "schedule": f"lr halved every {args.lr_step} epochs (min 1e-6)", "balanced_sampling": True,
             "weight_ema": args.ema if mode == "full" else 0.0,
             "augmentation": "rotation +-10 deg, shift 6 %, zoom 0.9-1.1, brightness/contrast 0.2, light blur; no flips",

@@ -108,3 +108,22 @@ def test_committed_vbreathnet_scores_at_least_90_percent_on_90_test_images() -> 
     rows = cxr3_rows("test", n=90)
     correct = sum(predict(load_image(settings.CXR3_DIR / r["path"]), clf).predicted == r["label"] for r in rows)
     assert correct / 90 >= 0.90, f"{correct}/90"
+
+
+def test_registry_carries_what_differs_between_models() -> None:
+    """Adding a classifier touches only SPECS: builder, family, sizes, optimiser, paper figures."""
+    from cxr_core.models import SPECS, load_classifier
+    from cxr_core.preprocess import image_to_tensor
+
+    for name, spec in SPECS.items():
+        net, _ = spec.build(spec.default_size if spec.size_dependent else 64, False)
+        assert isinstance(net.cam_layer, torch.nn.Module), name
+        assert spec.optimizer in {"RMSprop", "Adam"}
+    assert [n for n, s in SPECS.items() if s.is_paper_model] == ["vbreathnet"]
+    assert SPECS["vbreathnet"].paper_test_accuracy == 0.9684 and SPECS["vbreathnet"].paper_params_total == 792_291
+    assert any("half width" in d for d in SPECS["vgg16"].scratch_deviations)
+    clf = load_classifier(settings.DEFAULT_CLASSIFIER)  # the shipped weights
+    pixels = np.random.default_rng(0).random((300, 280), dtype=np.float32)
+    x = clf.to_input(pixels)
+    assert x.shape[0] == 1 and x.shape[2:] == (clf.input_size, clf.input_size)
+    assert torch.equal(x, image_to_tensor(pixels, clf.family, clf.input_size))

@@ -165,8 +165,8 @@ def export(rdir: Path, dest: Path = settings.DETECTOR_WEIGHTS, select: bool = Tr
     strip_optimizer(str(tmp))
     tmp.replace(dest)
     size_mb = dest.stat().st_size / 2**20
-    if size_mb > 25:
-        raise RuntimeError(f"{dest} is {size_mb:.1f} MB (> 25 MB)")
+    if size_mb > settings.WEIGHT_BUDGET_MB:
+        raise RuntimeError(f"{dest} is {size_mb:.1f} MB (> {settings.WEIGHT_BUDGET_MB} MB)")
     return dest
 
 

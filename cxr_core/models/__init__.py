@@ -11,7 +11,7 @@ import functools
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import torch
 from torch import nn
@@ -25,29 +25,59 @@ class ModelUnavailableError(RuntimeError):
     """No trained weights for this model in weights/; the message says how to train them."""
 
 
+Builder = Callable[[int, bool], "tuple[nn.Module, str]"]  # (input size, use ImageNet) -> (net, source)
+
+
 @dataclass(frozen=True)
 class ModelSpec:
+    """Everything that differs between classifiers, so adding one touches only this registry.
+
+    The CAM layer is the network's own `cam_layer` property (see docs/explain.md per model).
+    """
+
     name: str
     display_name: str
     family: str  # preprocessing family, see cxr_core.preprocess.FAMILIES
     default_size: int
     paper_params_total: int | None  # Table 3 of the paper, Keras count
+    build: Builder = field(repr=False, compare=False, default=None)  # type: ignore[assignment]
+    optimizer: str = "Adam"  # full-network training: "RMSprop" (the paper's V-BreathNet) or "Adam"
+    paper_test_accuracy: float | None = None  # the paper's reported test accuracy, where it gives one
+    is_paper_model: bool = False  # the paper's own architecture (trained from scratch by design)
+    size_dependent: bool = False  # the architecture changes with the input size (rebuild per size)
+    scratch_size: int = 128  # input px when trained from scratch without ImageNet weights (CPU cost)
+    scratch_deviations: tuple[str, ...] = ()  # card deviations when trained from scratch
+    deviations: tuple[str, ...] = ()  # card deviations always (recipe choices of ours)
+
+
+def _vbreathnet(size: int, imagenet: bool) -> tuple[nn.Module, str]:
+    return VBreathNet(num_classes=len(settings.CLASSES), input_size=size), ""
+
+
+def _baseline(name: str) -> Builder:
+    return lambda size, imagenet: build_baseline(name, imagenet=imagenet)
 
 
 SPECS: dict[str, ModelSpec] = {
-    "vbreathnet": ModelSpec("vbreathnet", "V-BreathNet", "vbreathnet", settings.VBREATHNET_SIZE, 792_291),
-    "densenet121": ModelSpec("densenet121", "DenseNet121", "imagenet", settings.BASELINE_SIZE, 8_217_667),
-    "mobilenet_v2": ModelSpec("mobilenet_v2", "MobileNetV2", "imagenet", settings.BASELINE_SIZE, 3_733_059),
-    "vgg16": ModelSpec("vgg16", "VGG16", "imagenet", settings.BASELINE_SIZE, 15_305_027),
+    "vbreathnet": ModelSpec(
+        "vbreathnet", "V-BreathNet", "vbreathnet", settings.VBREATHNET_SIZE, 792_291, _vbreathnet,
+        optimizer="RMSprop", paper_test_accuracy=0.9684, is_paper_model=True, size_dependent=True,
+        deviations=("Per-image intensity stretch (1st-99th percentile) before the paper's rescaling.",)),
+    "densenet121": ModelSpec("densenet121", "DenseNet121", "imagenet", settings.BASELINE_SIZE, 8_217_667,
+                             _baseline("densenet121")),
+    "mobilenet_v2": ModelSpec("mobilenet_v2", "MobileNetV2", "imagenet", settings.BASELINE_SIZE, 3_733_059,
+                              _baseline("mobilenet_v2")),
+    "vgg16": ModelSpec(
+        "vgg16", "VGG16", "imagenet", settings.BASELINE_SIZE, 15_305_027, _baseline("vgg16"),
+        scratch_deviations=("VGG16-BN at half width (every layer's channels halved) to stay under the "
+                            f"{settings.WEIGHT_BUDGET_MB} MB weight budget.",)),
 }
 
 
 def build_model(name: str, input_size: int | None = None, imagenet: bool = True) -> tuple[nn.Module, str]:
     """A fresh network and where its initial weights came from ('' = random init)."""
     spec = SPECS[name]
-    if name == "vbreathnet":
-        return VBreathNet(num_classes=len(settings.CLASSES), input_size=input_size or spec.default_size), ""
-    return build_baseline(name, imagenet=imagenet)
+    return spec.build(input_size or spec.default_size, imagenet)
 
 
 def count_params(model: nn.Module) -> dict[str, int]:
@@ -93,6 +123,13 @@ class Classifier:
     @property
     def cam_layer(self) -> nn.Module:
         return self.model.cam_layer  # type: ignore[return-value]
+
+    def to_input(self, image: Any, box: Any = None) -> torch.Tensor:
+        """The (1, C, S, S) tensor this model reads for `image` (a CXRImage or pixels), optionally
+        cropped to `box`: the one place that knows the model's family and size."""
+        from cxr_core.preprocess import image_to_tensor
+
+        return image_to_tensor(image, self.family, self.input_size, box)
 
 
 def available_classifiers() -> list[str]:
