@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from conftest import chest_phantom, cxr3_rows, encode, requires_cxr3
-from cxr_core import ood, quality, settings
+from cxr_core import ood, ood_inputs, quality, settings
 from cxr_core.io import CXRImage, ImageMeta, load_image
 
 NOT_CXR = "This does not look like a frontal chest X-ray ("
@@ -135,7 +135,7 @@ def test_classify_abstains_when_not_a_chest_xray(monkeypatch):
 @pytest.fixture(scope="module")
 def non_cxr():
     """The offline non-CXR inputs (3 per kind), made once for the module."""
-    return ood.non_cxr_inputs(seed=11, per_kind=3)
+    return ood_inputs.non_cxr_inputs(seed=11, per_kind=3)
 
 
 def test_non_cxr_generators_make_decodable_images(non_cxr):
@@ -175,7 +175,7 @@ def test_non_chest_images_are_refused_by_the_quality_gate(kind, non_cxr):
 
 @requires_ood
 def test_colour_photo_reason_mentions_colour():
-    flower = ood._photos()[1] if len(ood._photos()) > 1 else None
+    flower = ood_inputs._photos()[1] if len(ood_inputs._photos()) > 1 else None
     if flower is None:
         pytest.skip("scikit-learn sample images not available")
     im = load_image(encode(flower, "PNG"))
@@ -206,7 +206,7 @@ def test_backbone_loaded_once_per_process():
 @requires_ood
 def test_cli_check_exit_codes(tmp_path, capsys):
     doc = tmp_path / "letter.png"
-    doc.write_bytes(encode(ood._text_page(np.random.default_rng(0)), "PNG"))
+    doc.write_bytes(encode(ood_inputs._text_page(np.random.default_rng(0)), "PNG"))
     assert ood.main(["check", str(doc)]) == 1
     assert "NOT a chest X-ray" in capsys.readouterr().out
     bad = tmp_path / "bad.png"
