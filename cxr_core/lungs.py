@@ -495,8 +495,8 @@ def load_split(split: str, data_dir: Path | None = None) -> dict:
     return {
         "ids": list(df["id"]),
         "sources": sources,
-        "images": np.stack(images) if images else np.zeros((0, 256, 256), np.float32),
-        "masks": np.stack(masks) if masks else np.zeros((0, 256, 256), bool),
+        "images": np.stack(images) if images else np.zeros((0, settings.LUNGSEG_SIZE, settings.LUNGSEG_SIZE), np.float32),
+        "masks": np.stack(masks) if masks else np.zeros((0, settings.LUNGSEG_SIZE, settings.LUNGSEG_SIZE), bool),
         "heads": np.asarray(heads, dtype=np.int64),
     }
 
@@ -555,7 +555,7 @@ def _predict_all(model: torch.nn.Module, images: np.ndarray, batch: int = 8) -> 
     with torch.inference_mode():
         for i in range(0, len(images), batch):
             out.append(torch.sigmoid(model(to_input(images[i : i + batch]))).numpy())
-    return np.concatenate(out) if out else np.zeros((0, 2, 256, 256), np.float32)
+    return np.concatenate(out) if out else np.zeros((0, 2, settings.LUNGSEG_SIZE, settings.LUNGSEG_SIZE), np.float32)
 
 
 def score(probs: np.ndarray, data: dict, threshold: float = settings.LUNGSEG_THRESHOLD) -> dict:
@@ -815,7 +815,8 @@ def evaluate(split: str, weights: Path | None = None, threads: int = settings.TO
         "removing specks; dice_using_head_*: every image scored against one head."
     )
     result["plausible_fraction"] = float(
-        np.mean([lung_plausibility(clean_mask(probs[i, int(data["heads"][i])] > 0.5))[0] for i in range(len(probs))])
+        np.mean([lung_plausibility(clean_mask(probs[i, int(data["heads"][i])] > settings.LUNGSEG_THRESHOLD))[0]
+                 for i in range(len(probs))])
     ) if len(probs) else None
     if latency and len(probs):
         result["latency"] = measure_latency(seg, data["images"][:20], threads=threads, repeats=2)

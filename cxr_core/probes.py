@@ -75,7 +75,7 @@ def _text_markers(p: np.ndarray) -> np.ndarray:
     """Burnt-in annotations of the kind scanners add: a side marker, a date line, a bright label."""
     h, w = p.shape
     ink = np.zeros((h, w), np.uint8)  # OpenCV draws text on 8-bit images only
-    s = max(h, w) / 512
+    s = max(h, w) / WORKING_SIZE
     font = cv2.FONT_HERSHEY_SIMPLEX
     cv2.putText(ink, "R", (round(0.06 * w), round(0.12 * h)), font, 1.6 * s, 255, max(1, round(3 * s)))
     cv2.putText(ink, "PORTABLE AP 12:34", (round(0.45 * w), round(0.06 * h)), font, 0.6 * s, 255, max(1, round(2 * s)))

@@ -14,6 +14,7 @@ import numpy as np
 import pandas as pd
 
 from cxr_core import settings
+from cxr_core.detection.prepare import NO_FINDING_ID
 
 QUANTILES = (0.05, 0.25, 0.5, 0.75, 0.95)
 AREA_BINS = (0.0, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0)  # relative box area edges
@@ -39,7 +40,7 @@ def _iou_matrix(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 
 
 def label_distribution(ann: pd.DataFrame) -> dict:
-    boxes = ann[ann["class_id"] != 14]
+    boxes = ann[ann["class_id"] != NO_FINDING_ID]
     out = {"class": [], "class_id": [], "boxes": [], "images": []}
     for cid, name in enumerate(settings.VINBIG_CLASSES):
         sub = boxes[boxes["class_id"] == cid]
@@ -47,18 +48,18 @@ def label_distribution(ann: pd.DataFrame) -> dict:
         out["class_id"].append(cid)
         out["boxes"].append(int(len(sub)))
         out["images"].append(int(sub["image_id"].nunique()))
-    nf = ann[ann["class_id"] == 14]
+    nf = ann[ann["class_id"] == NO_FINDING_ID]
     # "No finding": images where no radiologist drew any box
     abnormal = set(boxes["image_id"])
     out["class"].append(NO_FINDING)
-    out["class_id"].append(14)
+    out["class_id"].append(NO_FINDING_ID)
     out["boxes"].append(0)
     out["images"].append(int(len(set(nf["image_id"]) - abnormal)))
     return out
 
 
 def box_area(ann: pd.DataFrame) -> dict:
-    b = ann[ann["class_id"] != 14].dropna(subset=["x_min"])
+    b = ann[ann["class_id"] != NO_FINDING_ID].dropna(subset=["x_min"])
     rel = ((b["x_max"] - b["x_min"]) * (b["y_max"] - b["y_min"])) / (b["width"] * b["height"])
     b = b.assign(rel_area=rel.clip(lower=0))
     out = {"quantiles": list(QUANTILES), "bins": list(AREA_BINS), "per_class": {}}
@@ -75,7 +76,7 @@ def box_area(ann: pd.DataFrame) -> dict:
 
 
 def boxes_per_image(ann: pd.DataFrame, cap: int = 30) -> dict:
-    b = ann[ann["class_id"] != 14]
+    b = ann[ann["class_id"] != NO_FINDING_ID]
     per_image = b.groupby("image_id").size()
     n_images = ann["image_id"].nunique()
     counts = np.concatenate([per_image.to_numpy(), np.zeros(n_images - len(per_image), int)])
@@ -98,7 +99,7 @@ def radiologist_agreement(ann: pd.DataFrame) -> dict:
     """Per class: for every image and pair of radiologists who both marked the class, the mean over
     each reader's boxes of the best IoU with the other reader's boxes (symmetrised); plus how often a
     class marked by one reader on an image was marked by more than one reader."""
-    b = ann[ann["class_id"] != 14].dropna(subset=["x_min"])
+    b = ann[ann["class_id"] != NO_FINDING_ID].dropna(subset=["x_min"])
     readers_per_image = ann.groupby("image_id")["rad_id"].nunique()
     out = {"class": [], "mean_pairwise_iou": [], "median_pairwise_iou": [], "n_reader_pairs": [],
            "frac_images_marked_by_2plus": [], "frac_images_marked_by_all": []}
@@ -123,7 +124,7 @@ def radiologist_agreement(ann: pd.DataFrame) -> dict:
         out["n_reader_pairs"].append(int(len(ious)))
         out["frac_images_marked_by_2plus"].append(float(multi / n_img) if n_img else None)
         out["frac_images_marked_by_all"].append(float(allr / n_img) if n_img else None)
-    nf_images = ann.groupby("image_id")["class_id"].apply(lambda s: (s == 14).all())
+    nf_images = ann.groupby("image_id")["class_id"].apply(lambda s: (s == NO_FINDING_ID).all())
     out["no_finding_unanimous_images"] = int(nf_images.sum())
     return out
 
@@ -192,7 +193,7 @@ def compute_figures(
         "generated": _dt.datetime.now().isoformat(timespec="seconds"),
         "n_rows": int(len(ann)),
         "n_images": int(ann["image_id"].nunique()),
-        "n_boxes": int((ann["class_id"] != 14).sum()),
+        "n_boxes": int((ann["class_id"] != NO_FINDING_ID).sum()),
         "n_radiologists": int(ann["rad_id"].nunique()),
         "label_distribution": label_distribution(ann),
         "box_area": box_area(ann),
