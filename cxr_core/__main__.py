@@ -43,11 +43,11 @@ TASKS: dict[str, tuple[str, dict[str, Mode]]] = {
         "sanity": Mode("cxr_core.explain:main", "heatmap sanity checks (randomisation, deletion)", ("sanity",)),
     }),
     "segment": ("lung segmentation U-Net", {
-        "train": Mode("cxr_core.lungs:_cli", "train the lung U-Net", ("train",)),
-        "val": Mode("cxr_core.lungs:_cli", "Dice / IoU on a split, and latency", ("evaluate",)),
-        "predict": Mode("cxr_core.lungs:_cli", "segment images and write masks", ("predict",)),
-        "card": Mode("cxr_core.lungs:_cli", "write the model card from a training run", ("card",)),
-        "crop-boxes": Mode("cxr_core.lungs:_cli", "chest boxes for the lung-crop ablation", ("crop-boxes",)),
+        "train": Mode("cxr_core.segment.__main__:main", "train the lung U-Net", ("train",)),
+        "val": Mode("cxr_core.segment.__main__:main", "Dice / IoU on a split, and latency", ("evaluate",)),
+        "predict": Mode("cxr_core.segment.__main__:main", "segment images and write masks", ("predict",)),
+        "card": Mode("cxr_core.segment.__main__:main", "write the model card from a training run", ("card",)),
+        "crop-boxes": Mode("cxr_core.segment.__main__:main", "chest boxes for the lung-crop ablation", ("crop-boxes",)),
     }),
     "detect": ("abnormality boxes (YOLO; 14 VinBigData findings + tuberculosis)", {
         "prepare": Mode("cxr_core.detection.__main__:main", "build the YOLO dataset from shared data", ("prepare",)),

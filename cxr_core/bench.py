@@ -13,7 +13,7 @@ when ../shared is absent or with --synthetic):
 * gradcam_X    `explain(clf, image)` for each classifier (preprocess + forward + backward + resize,
                i.e. what the app pays for a heatmap)
 * detector     `cxr_core.detection.detect` (if importable and weights/detector.pt exists)
-* lungs        `cxr_core.lungs.segment` (if importable and weights/lungseg.pt exists)
+* lungs        `cxr_core.segment.segment` (if importable and weights/lungseg.pt exists)
 * pipeline     decode -> quality -> predict -> Grad-CAM -> detect, as pages/diagnose.py runs it
 
 plus batch throughput per classifier, peak RSS, and reference timings of torchvision
@@ -282,11 +282,11 @@ def run_bench(
             detect = None
     log("detector done")
 
-    lungs_mod = _optional("cxr_core.lungs")
+    lungs_mod = _optional("cxr_core.segment")
     segment = getattr(lungs_mod, "segment", None) if lungs_mod else None
     lung_weights = Path(getattr(settings, "LUNGSEG_WEIGHTS", settings.WEIGHTS_DIR / "lungseg.pt"))
     if segment is None:
-        skipped["lungs"] = "cxr_core.lungs.segment is not available"
+        skipped["lungs"] = "cxr_core.segment.segment is not available"
     elif not lung_weights.is_file():
         skipped["lungs"] = f"no lung segmentation weights ({lung_weights.name} missing)"
     else:

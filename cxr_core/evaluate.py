@@ -154,13 +154,13 @@ def abstention_summary(y_true: np.ndarray, probs: np.ndarray, threshold: float,
 def probe_files(model_name: str, files: Sequence[str], labels: np.ndarray) -> dict[str, Any]:
     """Context-only and acquisition-shift probes (cxr_core.probes) with the shipped lung segmenter's
     masks; the context-only probe is left out, saying why, when the segmenter is not available."""
-    from cxr_core import lungs, probes
+    from cxr_core import probes, segment as lung_task
 
     clf = load_classifier(model_name)
     images = [probes.working_copy(load_image(f).pixels) for f in tqdm(files, desc="decode for probes", mininterval=5)]
     try:
-        seg = lungs.load_segmenter()
-        masks: list[np.ndarray] | None = [lungs.segment(p, seg).mask for p in tqdm(images, desc="lung masks", mininterval=5)]
+        seg = lung_task.load_segmenter()
+        masks: list[np.ndarray] | None = [lung_task.segment(p, seg).mask for p in tqdm(images, desc="lung masks", mininterval=5)]
     except Exception as e:  # noqa: BLE001 - reported in the output, the shift probes still run
         masks, why = None, f"lung segmenter unavailable: {e}"
     out = probes.run_probes(clf, images, labels, abstain_threshold(clf), masks)

@@ -255,7 +255,7 @@ def explain(
 
     `box` must be the crop the prediction used (same as `classify.predict(box=...)`); the map
     then covers only that region of the original image. `lung_mask` (bool H x W, or a
-    `cxr_core.lungs.LungMask`) zeroes the
+    `cxr_core.segment.LungMask`) zeroes the
     map outside the lungs; `Heatmap.lung_fraction` says how much saliency was inside them.
     Works with frozen, cached classifiers and inside `torch.inference_mode()`.
     """

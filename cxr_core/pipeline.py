@@ -34,7 +34,7 @@ from cxr_core.quality import QualityReport
 if TYPE_CHECKING:
     from cxr_core.detection.detect import Box
     from cxr_core.explain import Heatmap
-    from cxr_core.lungs import LungMask, Segmenter
+    from cxr_core.segment import LungMask, Segmenter
 
 Source = Union[bytes, bytearray, memoryview, str, Path, CXRImage]
 
@@ -120,9 +120,9 @@ class Analysis:
 
     def lungs(self, segmenter: Segmenter | None = None) -> LungMask:
         """Lung segmentation at the image's size (weights/lungseg.pt, loaded once per process)."""
-        from cxr_core import lungs
+        from cxr_core import segment as lung_task
 
-        return self._cached(("lungs",), lambda: lungs.segment(self.image, segmenter=segmenter))
+        return self._cached(("lungs",), lambda: lung_task.segment(self.image, segmenter=segmenter))
 
     def lungs_done(self) -> bool:
         """Whether the lung mask has been computed already (reports add its note only then)."""

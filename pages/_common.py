@@ -38,9 +38,9 @@ def get_detector() -> Any:
 
 @st.cache_resource(show_spinner="Loading the lung segmenter...")
 def get_segmenter() -> Any:
-    from cxr_core import lungs
+    from cxr_core import segment
 
-    return lungs.load_segmenter()
+    return segment.load_segmenter()
 
 
 def classifier_status() -> tuple[list[str], dict[str, str]]:

@@ -115,7 +115,7 @@ st.code(
             "python -m cxr_core.detection train",
             "",
             "# lung segmenter (U-Net)",
-            "python -m cxr_core.lungs train",
+            "python -m cxr_core segment train",
             "",
             "# the app",
             "streamlit run streamlit_app.py",

@@ -99,7 +99,7 @@ def test_every_page_renders_without_models(weights):
                            "Model cards", "How to retrain"]
     code = _texts(at, "code")
     for cmd in ("python -m cxr_core.train --model", "python -m cxr_core.evaluate",
-                "python -m cxr_core.detection train", "python -m cxr_core.lungs train"):
+                "python -m cxr_core.detection train", "python -m cxr_core segment train"):
         assert cmd in code
     assert settings.DISCLAIMER in _texts(at, "markdown")
 
@@ -305,7 +305,8 @@ def test_boxes_and_lung_layers_with_stub_detector(trained, monkeypatch):
 
     import numpy as np
 
-    from cxr_core import classify, detection, lungs
+    from cxr_core import classify, detection
+    from cxr_core import segment as lung_task
 
     boxes = [detection.Box(40.0, 50.0, 120.0, 140.0, 14, "Active tuberculosis", 0.81, True),
              detection.Box(150.0, 60.0, 200.0, 100.0, 0, "Aortic enlargement", 0.30, False)]
@@ -320,10 +321,10 @@ def test_boxes_and_lung_layers_with_stub_detector(trained, monkeypatch):
         mask = np.zeros(image.pixels.shape, bool)
         mask[60:200, 30:110] = True
         mask[60:200, 146:226] = True
-        return lungs.mask_from_probability(mask.astype(np.float32))
+        return lung_task.mask_from_probability(mask.astype(np.float32))
 
-    monkeypatch.setattr(lungs, "segment", fake_segment)
-    monkeypatch.setattr(lungs, "load_segmenter", lambda *a, **k: None)
+    monkeypatch.setattr(lung_task, "segment", fake_segment)
+    monkeypatch.setattr(lung_task, "load_segmenter", lambda *a, **k: None)
     real_predict = classify.predict  # the fixture model's class is arbitrary: make it say Normal
 
     def says_normal(image, clf, **k):

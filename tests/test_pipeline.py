@@ -11,7 +11,8 @@ import numpy as np
 import pytest
 from app_fixtures import chest_png_bytes, real_cxr3_image
 
-from cxr_core import classify, detection, explain, io, lungs, pipeline, quality, settings
+from cxr_core import classify, detection, explain, io, pipeline, quality, settings
+from cxr_core import segment as lung_task
 from cxr_core.models import load_classifier
 
 
@@ -88,9 +89,9 @@ def test_notes_follow_what_was_shown(clf, monkeypatch) -> None:
     def implausible(image, segmenter=None, **k):
         mask = np.zeros(image.pixels.shape, np.float32)
         mask[:20, :20] = 1.0  # one speck in a corner: not two lung fields
-        return lungs.mask_from_probability(mask)
+        return lung_task.mask_from_probability(mask)
 
-    monkeypatch.setattr(lungs, "segment", implausible)
+    monkeypatch.setattr(lung_task, "segment", implausible)
     assert normal.notes() == []  # lungs not segmented: no lung note
     assert not normal.lungs().plausible
     record = normal.record(boxes=shown, detector_conf=0.3)

@@ -240,3 +240,13 @@ def test_card_says_when_a_run_mixed_training_regimes():
     note = lungs._schedule_note(mixed, 6)
     assert note.startswith("resumed with other settings")
     assert "from epoch 3: random 192x192 windows, first 4 encoder blocks frozen" in note
+
+
+def test_old_module_name_is_the_same_code() -> None:
+    """`cxr_core.lungs` stays importable (people's scripts); its names are cxr_core.segment's objects."""
+    from cxr_core import segment
+    from cxr_core.segment import predict, train, val
+
+    assert lungs.segment is segment.segment is predict.segment
+    assert lungs.train is train.train and lungs.evaluate is val.evaluate
+    assert set(segment.__all__) <= set(dir(lungs))
