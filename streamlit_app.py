@@ -29,6 +29,7 @@ PAGES = [
     st.Page("pages/diagnose.py", title="Diagnose", icon=":material/radiology:", default=True),
     st.Page("pages/compare.py", title="Model comparison", icon=":material/leaderboard:", url_path="compare"),
     st.Page("pages/detector.py", title="Detector & data", icon=":material/center_focus_strong:", url_path="detector"),
+    st.Page("pages/pacs.py", title="PACS", icon=":material/dns:", url_path="pacs"),
     st.Page("pages/about.py", title="About & model cards", icon=":material/info:", url_path="about"),
 ]
 configure_torch()
