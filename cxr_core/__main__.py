@@ -59,14 +59,14 @@ TASKS: dict[str, tuple[str, dict[str, Mode]]] = {
         "export": Mode("cxr_core.detection.__main__:main", "export the trained weights", ("export",)),
     }),
     "quality": ("image-quality gate", {
-        "check": Mode("cxr_core.quality:main", "quality verdict per file", ("check",)),
-        "calibrate": Mode("cxr_core.quality:main", "thresholds from the cxr3 training split", ("calibrate",)),
-        "report": Mode("cxr_core.quality:main", "how the gate treats each split", ("report",)),
+        "check": Mode("cxr_core.gate.quality:main", "quality verdict per file", ("check",)),
+        "calibrate": Mode("cxr_core.gate.quality:main", "thresholds from the cxr3 training split", ("calibrate",)),
+        "report": Mode("cxr_core.gate.quality:main", "how the gate treats each split", ("report",)),
     }),
     "ood": ("not-a-chest-X-ray check", {
-        "check": Mode("cxr_core.ood:main", "is each file a chest X-ray?", ("check",)),
-        "fit": Mode("cxr_core.ood:main", "fit the statistics of real CXRs", ("fit",)),
-        "val": Mode("cxr_core.ood:main", "rejection rates on real and synthetic images", ("evaluate",)),
+        "check": Mode("cxr_core.gate.ood:main", "is each file a chest X-ray?", ("check",)),
+        "fit": Mode("cxr_core.gate.ood:main", "fit the statistics of real CXRs", ("fit",)),
+        "val": Mode("cxr_core.gate.ood:main", "rejection rates on real and synthetic images", ("evaluate",)),
     }),
     "bench": ("latency of each pipeline stage", {
         "run": Mode("cxr_core.bench:main", "time every stage, ratios to a reference model"),

@@ -7,7 +7,7 @@ when ../shared is absent or with --synthetic):
 
 * decode       `load_image(bytes)` (the upload path)
 * quality_metrics  `assess(check_plausibility=False)`: contrast, blur, exposure only
-* quality      `cxr_core.quality.assess` with the not-a-CXR check, as the app runs it
+* quality      `cxr_core.gate.quality.assess` with the not-a-CXR check, as the app runs it
 * preprocess   `image_to_tensor` for each input family in use
 * forward_X    one forward pass of each classifier with trained weights (batch 1)
 * gradcam_X    `explain(clf, image)` for each classifier (preprocess + forward + backward + resize,
@@ -228,7 +228,7 @@ def run_bench(
     images = [load_image(b) for b in raw]
     log("decode done")
 
-    quality_mod = _optional("cxr_core.quality")
+    quality_mod = _optional("cxr_core.gate.quality")
     assess = getattr(quality_mod, "assess", None) if quality_mod else None
     if assess is not None:  # "quality" includes the not-a-CXR check, as the app runs it
         stages["quality_metrics"] = _stats(
@@ -236,7 +236,7 @@ def run_bench(
         )
         stages["quality"] = _stats(_time_each(assess, images, warmup))
     else:
-        skipped["quality"] = "cxr_core.quality.assess is not available"
+        skipped["quality"] = "cxr_core.gate.quality.assess is not available"
 
     clfs, clf_info = _classifiers(models)
     main_name = settings.DEFAULT_CLASSIFIER if settings.DEFAULT_CLASSIFIER in clfs else next(iter(clfs))

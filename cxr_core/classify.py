@@ -18,7 +18,7 @@ from cxr_core.models import Classifier, load_classifier
 from cxr_core.preprocess import Box
 
 if TYPE_CHECKING:
-    from cxr_core.quality import QualityReport
+    from cxr_core.gate.quality import QualityReport
 
 
 @dataclass(frozen=True)

@@ -69,7 +69,7 @@ def build_cache(
     manifest: Path = settings.CXR3_MANIFEST, size: int = 256, boxes_csv: Path | None = None
 ) -> Path:
     """Decode every image once; store pixels, labels and quality verdicts. Returns the cache file."""
-    from cxr_core.quality import assess
+    from cxr_core.gate.quality import assess
 
     tag = f"cxr3_{size}{'_lungcrop' if boxes_csv else ''}_{sha256_file(manifest)[:10]}"
     out = settings.CACHE_DIR / f"{tag}.npz"

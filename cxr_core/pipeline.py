@@ -25,11 +25,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Iterable, Mapping, Union
 
-from cxr_core import classify, quality as quality_gate, settings
+from cxr_core import classify, settings
+from cxr_core.gate import quality as quality_gate
 from cxr_core.classify import Prediction
 from cxr_core.io import CXRImage, ImageLoadError, load_image
 from cxr_core.models import Classifier, load_classifier, read_card
-from cxr_core.quality import QualityReport
+from cxr_core.gate.quality import QualityReport
 
 if TYPE_CHECKING:
     from cxr_core.detection.detect import Box

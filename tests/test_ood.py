@@ -13,7 +13,8 @@ import numpy as np
 import pytest
 
 from conftest import chest_phantom, cxr3_rows, encode, requires_cxr3
-from cxr_core import ood, ood_inputs, quality, settings
+from cxr_core import ood, quality, settings
+from cxr_core.gate import ood_inputs
 from cxr_core.io import CXRImage, ImageMeta, load_image
 
 NOT_CXR = "This does not look like a frontal chest X-ray ("
