@@ -12,7 +12,7 @@ when ../shared is absent or with --synthetic):
 * forward_X    one forward pass of each classifier with trained weights (batch 1)
 * gradcam_X    `explain(clf, image)` for each classifier (preprocess + forward + backward + resize,
                i.e. what the app pays for a heatmap)
-* detector     `cxr_core.detection.detect` (if importable and weights/detector.pt exists)
+* detector     `cxr_core.detect.detect` (if importable and weights/detector.pt exists)
 * lungs        `cxr_core.segment.segment` (if importable and weights/lungseg.pt exists)
 * pipeline     decode -> quality -> predict -> Grad-CAM -> detect, as pages/diagnose.py runs it
 
@@ -267,10 +267,10 @@ def run_bench(
         del xs, xb
         gc.collect()
 
-    det_mod = _optional("cxr_core.detection")
+    det_mod = _optional("cxr_core.detect")
     detect = getattr(det_mod, "detect", None) if det_mod else None
     if detect is None:
-        skipped["detector"] = "cxr_core.detection.detect is not available"
+        skipped["detector"] = "cxr_core.detect.detect is not available"
     elif not settings.DETECTOR_WEIGHTS.is_file():
         skipped["detector"] = f"no detector weights ({settings.DETECTOR_WEIGHTS.name} missing)"
         detect = None

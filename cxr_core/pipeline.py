@@ -33,7 +33,7 @@ from cxr_core.models import Classifier, load_classifier, read_card
 from cxr_core.gate.quality import QualityReport
 
 if TYPE_CHECKING:
-    from cxr_core.detection.detect import Box
+    from cxr_core.detect import Box
     from cxr_core.explain import Heatmap
     from cxr_core.segment import LungMask, Segmenter
 
@@ -136,9 +136,9 @@ class Analysis:
         The detector runs once at `settings.DETECTOR_MIN_CONF`; other thresholds filter that list,
         so moving the app's slider does not run YOLO again.
         """
-        from cxr_core import detection
+        from cxr_core import detect as det_task
 
-        found = self._cached(("boxes",), lambda: detection.detect(self.image, conf=settings.DETECTOR_MIN_CONF))
+        found = self._cached(("boxes",), lambda: det_task.detect(self.image, conf=settings.DETECTOR_MIN_CONF))
         threshold = detector_threshold() if conf is None else float(conf)
         keep = set(classes) if classes is not None else None
         return [b for b in found if b.confidence >= threshold and (keep is None or b.label in keep)]

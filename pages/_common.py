@@ -31,9 +31,9 @@ def get_classifier(name: str) -> Any:
 
 @st.cache_resource(show_spinner="Loading the abnormality detector...")
 def get_detector() -> Any:
-    from cxr_core import detection
+    from cxr_core import detect
 
-    return detection.load_detector()
+    return detect.load_detector()
 
 
 @st.cache_resource(show_spinner="Loading the lung segmenter...")

@@ -1,4 +1,4 @@
-"""Command line: ``python -m cxr_core.detection {prepare,train,evaluate,figures,card,detect}``."""
+"""Command line: ``python -m cxr_core.detect {prepare,train,evaluate,figures,card,detect}`` (also ``python -m cxr_core detect MODE`` and the older ``python -m cxr_core.detection``)."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from cxr_core import settings
 
 
 def _prepare(a) -> None:
-    from cxr_core.detection import prepare as P
+    from cxr_core.detect import prepare as P
 
     tbx = None if a.no_tb else Path(a.tbx11k)
     if a.kaggle:
@@ -26,7 +26,7 @@ def _prepare(a) -> None:
 
 
 def _train(a) -> None:
-    from cxr_core.detection import train as T
+    from cxr_core.detect import train as T
 
     over = dict(epochs=a.epochs, imgsz=a.imgsz, batch=a.batch, time=a.time, data=a.data, model=a.model,
                 name=a.name, fraction=a.fraction)
@@ -37,14 +37,14 @@ def _train(a) -> None:
 
 
 def _export(a) -> None:
-    from cxr_core.detection import train as T
+    from cxr_core.detect import train as T
 
     dest = T.export(Path(a.run), Path(a.weights), select=not a.no_select)
     print(f"weights exported to {dest}")
 
 
 def _evaluate(a) -> None:
-    from cxr_core.detection import evaluate as E
+    from cxr_core.detect import val as E
 
     m = E.evaluate(Path(a.weights), split=a.split, data=Path(a.data) if a.data else None, conf=a.conf,
                    imgsz=a.imgsz)
@@ -56,7 +56,7 @@ def _evaluate(a) -> None:
 
 
 def _figures(a) -> None:
-    from cxr_core.detection import figures as F
+    from cxr_core.detect import figures as F
 
     fig = F.compute_figures(weights=None if a.no_predictions else Path(a.weights), split=a.split)
     Path(a.out).parent.mkdir(parents=True, exist_ok=True)
@@ -65,14 +65,14 @@ def _figures(a) -> None:
 
 
 def _card(a) -> None:
-    from cxr_core.detection import evaluate as E
+    from cxr_core.detect import val as E
 
     card = E.write_card(Path(a.weights), Path(a.run), Path(a.metrics), Path(a.out))
     print(json.dumps({k: card[k] for k in ("metrics_test", "validated_classes")}, indent=1)[:2000])
 
 
 def _detect(a) -> None:
-    from cxr_core.detection import detect, draw_boxes
+    from cxr_core.detect import detect, draw_boxes
     from cxr_core.io import load_image
 
     img = load_image(a.image)
@@ -91,7 +91,7 @@ def _detect(a) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m cxr_core.detection", description=__doc__)
+    p = argparse.ArgumentParser(prog="python -m cxr_core.detect", description=__doc__)
     sub = p.add_subparsers(dest="cmd", required=True)
 
     s = sub.add_parser("prepare", help="build the YOLO dataset under cache/")

@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from cxr_core import settings
-from cxr_core.detection.detect import trained_imgsz, ultralytics_offline
+from cxr_core.detect.predict import trained_imgsz, ultralytics_offline
 from cxr_core.provenance import code_version
 
 IOUS = (0.4, 0.5)
@@ -239,7 +239,7 @@ def _tb_agnostic_ap(weights: Path, data: Path, split: str, imgsz: int) -> float 
 
 def write_card(weights: Path, run_dir: Path, metrics_path: Path, out: Path) -> dict:
     """weights/detector.json: data counts, metrics, training details and plain-language limits."""
-    from cxr_core.detection.train import run_summary
+    from cxr_core.detect.train import run_summary
 
     summary_path = settings.DETECTOR_DATA_DIR / "summary.json"
     data_summary = json.loads(summary_path.read_text()) if summary_path.is_file() else {}

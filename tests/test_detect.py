@@ -1,4 +1,4 @@
-"""cxr_core.detection: label fusion/rescaling, dataset preparation (shared subset and the full
+"""cxr_core.detect: label fusion/rescaling, dataset preparation (shared subset and the full
 Kaggle DICOM layout), the offline guarantee of ultralytics, evaluation JSON and inference.
 
 Tests that need the real data in ../shared skip with a reason when it is absent. The tiny
@@ -21,7 +21,7 @@ from PIL import Image
 
 from conftest import make_dicom
 from cxr_core import settings
-from cxr_core.detection import prepare as P
+from cxr_core.detect import prepare as P
 
 VINBIG_OK = (settings.VINBIG_DIR / "labels.csv").is_file() and (settings.VINBIG_DIR / "images").is_dir()
 TBX_OK = (settings.TBX11K_DIR / "labels.csv").is_file()
@@ -182,7 +182,7 @@ def test_prepare_kaggle_dicom_layout_end_to_end(tmp_path):
 
 
 def test_cli_help_lists_commands(capsys):
-    from cxr_core.detection.__main__ import main
+    from cxr_core.detect.__main__ import main
 
     with pytest.raises(SystemExit):
         main(["--help"])
@@ -256,13 +256,13 @@ def tiny_run(tmp_path_factory):
     calls = _deny_network(mp)
     root = tmp_path_factory.mktemp("tiny")
     data = _tiny_dataset(root / "ds")
-    from cxr_core.detection import train as T
+    from cxr_core.detect import train as T
 
     try:
         rdir = T.train(None, data=str(data), project=str(root / "runs"), name="tiny", epochs=1, imgsz=64,
                        batch=4, cache=False, time=None)
         weights = T.export(rdir, root / "detector.pt", select=False)
-        YOLO = __import__("cxr_core.detection.detect", fromlist=["x"]).ultralytics_offline()
+        YOLO = __import__("cxr_core.detect.predict", fromlist=["x"]).ultralytics_offline()
         res = YOLO(str(weights)).predict(str(next((root / "ds" / "images" / "test").iterdir())),
                                          imgsz=64, device="cpu", verbose=False)
     finally:
@@ -283,7 +283,7 @@ def test_train_and_predict_make_no_network_call(tiny_run):
 
 
 def test_evaluate_json_fields_on_tiny_set(tiny_run, no_network):
-    from cxr_core.detection.evaluate import evaluate
+    from cxr_core.detect.val import evaluate
 
     m = evaluate(tiny_run["weights"], split="test", data=tiny_run["data"], conf=0.25, imgsz=64)
     for key in ("map40", "map50", "tb_ap40", "per_class", "precision", "recall", "f1", "n_images", "threshold",
@@ -306,8 +306,8 @@ def test_evaluate_json_fields_on_tiny_set(tiny_run, no_network):
 
 def test_evaluate_defaults_to_the_checkpoints_training_size(tiny_run, no_network):
     """A 512 px detector validated at another size would report numbers it never has in the app."""
-    from cxr_core.detection.detect import trained_imgsz
-    from cxr_core.detection.evaluate import evaluate
+    from cxr_core.detect.predict import trained_imgsz
+    from cxr_core.detect.val import evaluate
 
     assert trained_imgsz(tiny_run["weights"]) == 64
     assert evaluate(tiny_run["weights"], split="test", data=tiny_run["data"], conf=0.25)["imgsz"] == 64
@@ -317,7 +317,7 @@ def test_evaluate_defaults_to_the_checkpoints_training_size(tiny_run, no_network
 
 
 def test_draw_boxes_colours_and_shape():
-    from cxr_core.detection import Box, class_colour, draw_boxes
+    from cxr_core.detect import Box, class_colour, draw_boxes
 
     rgb = np.zeros((200, 300, 3), np.uint8)
     boxes = [Box(10, 20, 120, 150, 14, "Active tuberculosis", 0.87, True),
@@ -332,7 +332,7 @@ def test_draw_boxes_colours_and_shape():
 @requires_weights
 @requires_vinbig
 def test_detect_on_real_image_returns_boxes_in_original_coordinates():
-    from cxr_core.detection import Box, detect, load_detector
+    from cxr_core.detect import Box, detect, load_detector
     from cxr_core.io import load_image
 
     assert load_detector() is load_detector()  # cached once per process
@@ -361,7 +361,7 @@ def test_model_card_is_honest():
     assert "tb_ap40" in card["metrics_test"] and card["code_version"]
     assert set(card["validated_classes"]) <= set(settings.DETECTOR_CLASSES)
     assert settings.DETECTOR_WEIGHTS.stat().st_size < 25 * 2**20
-    from cxr_core.detection.detect import trained_imgsz
+    from cxr_core.detect.predict import trained_imgsz
 
     # the card's numbers were measured at the size the app runs the detector at
     assert card["training"]["imgsz"] == json.loads(settings.DETECTOR_METRICS.read_text())["imgsz"] \
@@ -373,10 +373,21 @@ def test_ultralytics_does_not_hijack_pil_open_for_uploads() -> None:
     import a damaged upload must still get cxr_core.io's specific message (no install attempt)."""
     from PIL import Image
 
-    from cxr_core.detection.detect import ultralytics_offline
+    from cxr_core.detect.predict import ultralytics_offline
     from cxr_core.io import ImageLoadError, load_image
 
     ultralytics_offline()
     assert Image.open.__module__ == "PIL.Image"
     with pytest.raises(ImageLoadError, match="PNG file is damaged"):
         load_image(b"\x89PNG\r\n\x1a\n", "x.png")
+
+
+def test_old_package_name_is_the_same_code() -> None:
+    """`cxr_core.detection` (and its old submodule names) stay importable and are the new objects."""
+    import cxr_core.detect as new
+    import cxr_core.detection as old
+    from cxr_core.detect import predict, val
+    from cxr_core.detection.detect import Box
+    from cxr_core.detection.evaluate import evaluate
+
+    assert old is new and Box is predict.Box and evaluate is val.evaluate and old.detect is predict.detect

@@ -21,7 +21,7 @@ import yaml
 
 from cxr_core import cfg as config
 from cxr_core import settings
-from cxr_core.detection.detect import trained_imgsz, ultralytics_offline
+from cxr_core.detect.predict import trained_imgsz, ultralytics_offline
 
 DEFAULT_CONFIG = config.path("detect")
 RUNS_DIR = settings.CACHE_DIR / "detection" / "runs"
@@ -131,7 +131,7 @@ def select_checkpoint(rdir: Path, data: Path | None = None) -> tuple[Path, dict]
     ultralytics' best.pt maximises mAP50-95 over every val class, which here is dominated by
     VinBigData classes with 1-4 val boxes (noise); the TB classes are the ones with real support.
     """
-    from cxr_core.detection.evaluate import run_validator
+    from cxr_core.detect.val import run_validator
 
     data = Path(data or settings.DETECTOR_DATA_DIR / "data.yaml")
     scores = {}

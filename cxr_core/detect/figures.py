@@ -14,7 +14,7 @@ import numpy as np
 import pandas as pd
 
 from cxr_core import settings
-from cxr_core.detection.prepare import NO_FINDING_ID
+from cxr_core.detect.prepare import NO_FINDING_ID
 
 QUANTILES = (0.05, 0.25, 0.5, 0.75, 0.95)
 AREA_BINS = (0.0, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0)  # relative box area edges
@@ -152,8 +152,8 @@ def predicted_vs_actual(weights: Path, split: str = "test", data: Path | None = 
     """Boxes per class: ground truth vs predictions at the model card's operating threshold."""
     import torch
 
-    from cxr_core.detection.detect import load_detector, trained_imgsz
-    from cxr_core.detection.evaluate import _classes_of, split_files
+    from cxr_core.detect.predict import load_detector, trained_imgsz
+    from cxr_core.detect.val import _classes_of, split_files
 
     data = Path(data or settings.DETECTOR_DATA_DIR / "data.yaml")
     if not Path(weights).is_file() or not data.is_file():
