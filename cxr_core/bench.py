@@ -144,7 +144,7 @@ def real_images(n: int, seed: int = settings.SEED) -> list[bytes]:
 
 def _classifiers(only: Sequence[str] | None = None) -> tuple[dict[str, Any], dict[str, dict[str, Any]]]:
     """Trained classifiers (load_classifier), or the untrained V-BreathNet if none is trained."""
-    from cxr_core.models import SPECS, Classifier, ModelUnavailableError, build_model, load_classifier
+    from cxr_core.models import SPECS, Classifier, ModelUnavailableError, build_model, freeze, load_classifier
 
     clfs: dict[str, Any] = {}
     info: dict[str, dict[str, Any]] = {}
@@ -160,9 +160,7 @@ def _classifiers(only: Sequence[str] | None = None) -> tuple[dict[str, Any], dic
     if not clfs:
         name = settings.DEFAULT_CLASSIFIER if not only else only[0]
         net, _ = build_model(name, imagenet=False)
-        net.eval()
-        for p in net.parameters():
-            p.requires_grad_(False)
+        freeze(net)
         clfs[name] = Classifier(name, SPECS[name], net, SPECS[name].default_size, 1.0)
         info[name] = {
             "weights": False,

@@ -38,7 +38,7 @@ from cxr_core import cfg, settings
 from cxr_core.data import CachedSplit, build_cache, load_split
 from cxr_core.provenance import code_version, cpu_model, sha256_file
 from cxr_core.evaluate import compute_metrics, reliability
-from cxr_core.models import SPECS, build_model, count_params
+from cxr_core.models import SPECS, build_model, count_params, freeze
 from cxr_core.preprocess import to_model_tensor, train_augmentation
 
 KNOWN_LIMITS = [
@@ -349,8 +349,7 @@ def extract_features(model: nn.Module, split: CachedSplit, family: str, views: i
 
 def train_head(model: nn.Module, name: str, train: CachedSplit, val: CachedSplit, args: argparse.Namespace) -> dict[str, Any]:
     family = SPECS[name].family
-    for p in model.features.parameters():
-        p.requires_grad_(False)
+    freeze(model.features, eval_mode=False)  # only the head trains (features are computed once, below)
     model = model.to(memory_format=torch.channels_last)
     t0 = time.time()
     xtr, ytr = extract_features(model, train, family, args.views, args.seed)

@@ -154,7 +154,7 @@ _LOCK = threading.Lock()
 
 @functools.lru_cache(maxsize=1)
 def _backbone_cached() -> Any:
-    from cxr_core.models import build_model
+    from cxr_core.models import build_model, freeze
 
     model, source = build_model("mobilenet_v2", imagenet=True)
     if not source:
@@ -162,10 +162,7 @@ def _backbone_cached() -> Any:
             f"The ImageNet MobileNetV2 weights were not found ({settings.MOBILENET_V2_IMAGENET}); "
             "the chest X-ray plausibility check needs them."
         )
-    model.eval()
-    for p in model.parameters():
-        p.requires_grad_(False)
-    return model
+    return freeze(model)
 
 
 def backbone() -> Any:

@@ -88,6 +88,19 @@ def count_params(model: nn.Module) -> dict[str, int]:
     return {"total": total, "trainable": trainable, "keras_total": total + bn_stats}
 
 
+def freeze(module: nn.Module, eval_mode: bool = True) -> nn.Module:
+    """No parameter of `module` needs a gradient (and eval mode unless told otherwise).
+
+    Inference and frozen backbones never build a parameter graph; the Grad-CAM code relies on this
+    (see cxr_core.explain) and makes only the target layer's output a leaf.
+    """
+    if eval_mode:
+        module.eval()
+    for p in module.parameters():
+        p.requires_grad_(False)
+    return module
+
+
 def weights_path(name: str) -> Path:
     return settings.WEIGHTS_DIR / f"{name}.pt"
 
@@ -156,9 +169,7 @@ def load_classifier(name: str) -> Classifier:
     model, _ = build_model(name, input_size=int(ckpt["input_size"]), imagenet=False)
     state = {k: v.float() if v.is_floating_point() else v for k, v in ckpt["state_dict"].items()}
     model.load_state_dict(state)
-    model.eval()
-    for p in model.parameters():
-        p.requires_grad_(False)
+    freeze(model)
     return Classifier(
         name=name,
         spec=SPECS[name],
@@ -180,6 +191,7 @@ __all__ = [
     "build_model",
     "card_path",
     "count_params",
+    "freeze",
     "load_classifier",
     "read_card",
     "weights_path",

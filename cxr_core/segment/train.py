@@ -11,6 +11,7 @@ import numpy as np
 import torch
 
 from cxr_core import settings
+from cxr_core.models import freeze
 from cxr_core.segment.data import _augment, _random_crop, load_split
 from cxr_core.segment.model import _normalise, build_model
 from cxr_core.segment.val import _predict_all, score
@@ -93,8 +94,7 @@ def train(
     model = build_model(imagenet=True)
     frozen = model.encoder.features[:freeze_blocks] if freeze_blocks else None
     if frozen is not None:
-        for prm in frozen.parameters():
-            prm.requires_grad_(False)
+        freeze(frozen, eval_mode=False)  # its BatchNorm is put in eval mode every epoch below
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=1e-4)
     state = {"epoch": 0, "step": 0, "best_dice": -1.0, "best_epoch": -1, "history": [], "train_seconds": 0.0}
     last = run_dir / "last.pt"
