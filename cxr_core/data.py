@@ -22,6 +22,22 @@ from cxr_core.provenance import sha256_file
 CLASS_TO_INDEX = {c: i for i, c in enumerate(settings.CLASSES)}
 
 
+def manifest_rows(split: str | None = None, path: Path | None = None) -> list[dict[str, str]]:
+    """The cxr3 manifest's rows (optionally one split; None or 'all' = every split), sorted by path.
+
+    The one reader of the manifest for tools that need rows, not a DataFrame (quality calibration,
+    the not-a-CXR evaluation, sampling test films). Raises FileNotFoundError when it is absent.
+    """
+    import csv
+
+    path = Path(path or settings.CXR3_MANIFEST)
+    if not path.is_file():
+        raise FileNotFoundError(f"cxr3 manifest not found at {path}")
+    with path.open(newline="") as fh:
+        rows = [r for r in csv.DictReader(fh) if split in (None, "all") or r["split"] == split]
+    return sorted(rows, key=lambda r: r["path"])
+
+
 def read_manifest(path: Path = settings.CXR3_MANIFEST) -> pd.DataFrame:
     """Manifest rows with an absolute `file` column; paths in the CSV are relative to it."""
     df = pd.read_csv(path)

@@ -258,8 +258,9 @@ def real_cxr_paths(dataset: str, split: str) -> list[Path]:
     """Image paths of one real CXR data set and split ('all' = every split); [] when absent."""
     try:
         if dataset == "cxr3":
-            rows = _read_csv(settings.CXR3_MANIFEST)
-            return sorted(settings.CXR3_DIR / r["path"] for r in rows if split in ("all", r["split"]))
+            from cxr_core.data import manifest_rows
+
+            return sorted(settings.CXR3_DIR / r["path"] for r in manifest_rows(split))
         if dataset == "lungseg":
             rows = _read_csv(settings.LUNGSEG_DIR / "manifest.csv")
             files = {p.stem: p for p in (settings.LUNGSEG_DIR / "images").iterdir()}

@@ -37,7 +37,6 @@ file is missing, conservative built-in values are used. See docs/quality.md.
 from __future__ import annotations
 
 import argparse
-import csv
 import json
 import math
 import sys
@@ -413,12 +412,12 @@ def calibrate(metric_rows: Iterable[dict[str, float]]) -> dict[str, dict[str, fl
 
 
 def _manifest_rows(split: str | None) -> list[dict[str, str]]:
-    if not settings.CXR3_MANIFEST.exists():
-        raise SystemExit(f"cxr3 manifest not found at {settings.CXR3_MANIFEST}")
-    with open(settings.CXR3_MANIFEST, newline="") as fh:
-        rows = [r for r in csv.DictReader(fh) if split in (None, "all") or r["split"] == split]
-    rows.sort(key=lambda r: r["path"])
-    return rows
+    from cxr_core.data import manifest_rows
+
+    try:
+        return manifest_rows(split)
+    except FileNotFoundError as exc:
+        raise SystemExit(str(exc)) from None
 
 
 def _iter_metrics(rows: list[dict[str, str]], desc: str):
