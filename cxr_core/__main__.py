@@ -68,6 +68,11 @@ TASKS: dict[str, tuple[str, dict[str, Mode]]] = {
         "fit": Mode("cxr_core.gate.ood:main", "fit the statistics of real CXRs", ("fit",)),
         "val": Mode("cxr_core.gate.ood:main", "rejection rates on real and synthetic images", ("evaluate",)),
     }),
+    "orient": ("is the film rotated, mirrored or inverted? (part of the quality gate)", {
+        "train": Mode("cxr_core.gate.orientation:main", "train on cxr3 train; thresholds on val; test scores", ("train",)),
+        "val": Mode("cxr_core.gate.orientation:main", "caught transforms and false alarms per real data set", ("val",)),
+        "check": Mode("cxr_core.gate.orientation:main", "orientation of files", ("check",)),
+    }),
     "bench": ("latency of each pipeline stage", {
         "run": Mode("cxr_core.bench:main", "time every stage, ratios to a reference model"),
     }),

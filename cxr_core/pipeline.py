@@ -21,7 +21,7 @@ threads: the layer cache is guarded by a lock.
 from __future__ import annotations
 
 import threading
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Iterable, Mapping, Union
 
@@ -92,6 +92,7 @@ class Analysis:
     prediction: Prediction | None
     classifier: Classifier | None = field(default=None, repr=False, compare=False)
     include_identifiers: bool = False
+    correction: str | None = None  # set by `corrected()`: what was undone before this analysis
     _cache: dict = field(default_factory=dict, repr=False, compare=False)
     _lock: Any = field(default_factory=threading.RLock, repr=False, compare=False)
 
@@ -149,7 +150,7 @@ class Analysis:
         """Warnings a reader must see beside the result: an implausible lung outline (when the
         lungs were segmented) and detector findings that contradict a Normal call (`boxes`:
         those shown)."""
-        out: list[str] = []
+        out: list[str] = [self.correction] if self.correction else []
         if self.lungs_done():
             note = lung_note(self.lungs())
             if note:
@@ -159,6 +160,34 @@ class Analysis:
             if conflict:
                 out.append(conflict)
         return out
+
+    def corrected(self) -> Analysis | None:
+        """The same film turned upright and made positive again, analysed afresh, when the
+        orientation check found it rotated or inverted (None otherwise).
+
+        Mirroring is not undone: it only warns (dextrocardia exists). The correction is carried as
+        the first note, so the page and every report say what was changed; boxes and heatmaps of
+        the corrected analysis are in the corrected film's coordinates.
+        """
+        found = (self.quality.orientation if self.quality is not None else None) or {}
+        rotation, inverted = int(found.get("rotation") or 0), bool(found.get("inverted"))
+        if not rotation and not inverted:
+            return None
+        from cxr_core.gate import orientation
+
+        k = orientation.ROTATIONS.index(rotation)
+        pixels = orientation.undo(self.image.pixels, k, False, inverted)
+        meta = self.image.meta
+        if k % 2:  # a quarter turn swaps width and height of the file as well
+            meta = replace(meta, original_size=(meta.original_size[1], meta.original_size[0]))
+        done = ([f"rotated back by {rotation} degrees" if rotation != 180 else "turned the right way up"]
+                if rotation else []) + (["made positive again (it was inverted)"] if inverted else [])
+        note = ("Corrected before analysis: the film was " + " and ".join(done) + ". Boxes and heatmaps refer "
+                "to the corrected film. Check the correction against the film.")
+        again = analyse(replace(self.image, pixels=pixels, meta=meta), classifier=self.classifier,
+                        age_group=self.prediction.age_group if self.prediction else None,
+                        include_identifiers=self.include_identifiers)
+        return replace(again, correction=note)
 
     def card(self) -> dict[str, Any] | None:
         """The classifier's model card (what it was trained on, its limits), if any."""
@@ -201,7 +230,7 @@ class Analysis:
 
     def row(self) -> dict[str, Any]:
         """One flat line (CSV / DataFrame) with the fields `python -m cxr_core.predict` prints."""
-        return prediction_row(self.quality, self.prediction)
+        return prediction_row(self.quality, self.prediction) | {"orientation": orientation_label(self.quality)}
 
 
 def prediction_row(quality: QualityReport | None, pred: Prediction | None) -> dict[str, Any]:
@@ -222,7 +251,18 @@ def prediction_row(quality: QualityReport | None, pred: Prediction | None) -> di
 
 
 ROW_COLUMNS: tuple[str, ...] = ("file", *[f"p_{c}" for c in settings.CLASSES], "predicted", "confidence",
-                                "abstained", "quality", "age_group", "reasons", "error")
+                                "abstained", "quality", "age_group", "reasons", "error", "orientation")
+
+
+def orientation_label(quality: QualityReport | None) -> str:
+    """'upright', or what the orientation check read ('rotated 90', 'inverted', 'mirrored' ...);
+    '' when it did not run."""
+    found = getattr(quality, "orientation", None)
+    if not found:
+        return ""
+    parts = ([f"rotated {found['rotation']}"] if found.get("rotation") else []) + [
+        name for name in ("mirrored", "inverted") if found.get(name)]
+    return " ".join(parts) or "upright"
 
 
 def detector_identity() -> tuple[dict[str, Any] | None, str | None]:

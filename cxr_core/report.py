@@ -61,6 +61,7 @@ def _quality_section(quality: Any) -> dict[str, Any] | None:
         "ok": bool(getattr(quality, "ok", False)),
         "reasons": list(getattr(quality, "reasons", []) or []),
         "metrics": _jsonable(dict(getattr(quality, "metrics", {}) or {})),
+        "orientation": _jsonable(getattr(quality, "orientation", None)),
     }
 
 

@@ -80,13 +80,13 @@ def _photos() -> tuple[np.ndarray, np.ndarray]:
 
 
 def _hand() -> np.ndarray:
-    from cxr_core.ood import _hand as hand
+    from cxr_core.gate.ood_inputs import _hand as hand
 
     return to_uint8(hand(np.random.default_rng(3)))
 
 
 def _text_page() -> np.ndarray:
-    from cxr_core.ood import _text_page as page
+    from cxr_core.gate.ood_inputs import _text_page as page
 
     return page(np.random.default_rng(4))
 

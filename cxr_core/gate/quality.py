@@ -43,7 +43,7 @@ import sys
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
-from typing import Iterable, Literal
+from typing import Any, Iterable, Literal
 
 import cv2
 import numpy as np
@@ -121,6 +121,9 @@ class QualityReport:
     # Out-of-distribution score from cxr_core.ood (1.0 = rejection threshold, higher = less like a
     # chest X-ray); None when the plausibility check was skipped or is unavailable (no weights/ood.npz).
     plausibility: float | None = None
+    # What cxr_core.gate.orientation read (rotation, mirrored, inverted and their probabilities);
+    # None when the check was skipped or its weights are missing. The app offers the correction.
+    orientation: dict[str, Any] | None = None
 
     @property
     def ok(self) -> bool:
@@ -241,7 +244,9 @@ def assess(
     out-of-distribution check of `cxr_core.ood` (frozen MobileNetV2 features, ~50-200 ms on CPU,
     model loaded once per process); otherwise it fails with "This does not look like a frontal
     chest X-ray (...)". The check is skipped when weights/ood.npz or the ImageNet backbone is
-    missing. The training-data filter passes False to stay fast (a few ms per image)."""
+    missing. The same flag runs the orientation check (`cxr_core.gate.orientation`, a ~90 k-parameter
+    CNN, ~1 ms): a rotated or inverted film fails with a reason naming it, a mirrored one warns.
+    The training-data filter passes False to stay fast (a few ms per image)."""
     if not isinstance(thresholds, dict):
         thresholds = load_thresholds(thresholds)
     metrics = compute_metrics(image)
@@ -267,14 +272,26 @@ def assess(
     reasons += [r for _, r in header_warned] + [_reason(m, d, metrics, thresholds[m], False) for m, d in warned]
     failed_names = [n for n, _ in header_failed] + [m for m, _ in failed]
     warned_names = [n for n, _ in header_warned] + [m for m, _ in warned]
-    score = None
+    score = orient = None
     if check_plausibility:
+        found = _orientation(image)
+        o_fail, o_warn = found.reasons() if found is not None else ([], [])
         plausible = _plausibility(image)
-        if plausible is not None:
-            ok, score, why = plausible
-            if not ok:  # the most important message comes first
-                reasons.insert(0, f"This does not look like a frontal chest X-ray ({why}).")
+        if plausible is not None and not plausible[0]:
+            # Not like a chest film as it is. Turned the way the orientation check says, is it one? Then it
+            # is a chest film the wrong way round; otherwise the orientation reading means nothing.
+            if not (o_fail and (_plausibility(_undo(image, found)) or (False,))[0]):
+                found, o_fail, o_warn = None, [], []
+                reasons.insert(0, f"This does not look like a frontal chest X-ray ({plausible[2]}).")
                 failed_names.insert(0, PLAUSIBILITY)
+        if plausible is not None:
+            score = plausible[1]
+        if found is not None:
+            orient = found.to_dict()
+            reasons[:0] = o_fail  # a film the wrong way round: said before any pixel metric
+            failed_names[:0] = [ORIENTATION] * bool(o_fail)
+            reasons += o_warn
+            warned_names += [ORIENTATION] * bool(o_warn)
     verdict: Verdict = "fail" if failed_names else ("warn" if warned_names else "pass")
     return QualityReport(
         verdict=verdict,
@@ -283,10 +300,39 @@ def assess(
         failed=tuple(failed_names),
         warned=tuple(warned_names),
         plausibility=score,
+        orientation=orient,
     )
 
 
 PLAUSIBILITY = "chest_xray_plausibility"  # name used in QualityReport.failed for the OOD check
+ORIENTATION = "orientation"  # rotated / inverted (failed) or mirrored (warned), cxr_core.gate.orientation
+
+
+def _undo(image: CXRImage | np.ndarray, found: Any) -> CXRImage | np.ndarray:
+    """The film turned the way the orientation check says it should be (mirroring left as it is)."""
+    from dataclasses import replace
+
+    from cxr_core.gate import orientation
+
+    pixels = image.pixels if isinstance(image, CXRImage) else np.asarray(image, dtype=np.float32)
+    fixed = orientation.undo(pixels, found.k, False, found.inverted)
+    return replace(image, pixels=fixed) if isinstance(image, CXRImage) else fixed
+
+
+def _orientation(image: CXRImage | np.ndarray) -> Any:
+    """cxr_core.gate.orientation.check, or None when its weights are missing or it cannot run
+    (a failing check must never make a readable image unusable; logged at DEBUG, no content)."""
+    try:
+        from cxr_core.gate import orientation
+
+        if not orientation.available():
+            return None
+        return orientation.check(image)
+    except Exception as exc:
+        import logging
+
+        logging.getLogger(__name__).debug("orientation check skipped: %s", type(exc).__name__)
+        return None
 
 
 def _header_scope(meta: ImageMeta | None) -> list[tuple[str, str, bool]]:
