@@ -39,8 +39,24 @@ CLASS_COLOURS: dict[str, str] = {
 _LAYOUT = dict(
     template="plotly_white",
     font=dict(family="Source Sans Pro, Helvetica, Arial, sans-serif", size=13, color="#1c2b36"),
-    margin=dict(l=10, r=10, t=50, b=10),
+    margin=dict(l=10, r=10, t=80, b=10),
+    # Title top-left, above the plot area; the plotly toolbar sits top-right, in the margin's upper part.
+    # pad.t: the title starts below the toolbar's row, so a long title never runs under its buttons.
+    title=dict(x=0.0, xanchor="left", y=1.0, yref="container", yanchor="top", pad=dict(t=34, l=4),
+               font=dict(size=15)),
 )
+# A horizontal legend just above the plot area (under the title), never over the data or axis titles.
+LEGEND_TOP = dict(orientation="h", x=0.0, xanchor="left", y=1.02, yanchor="bottom")
+# Below the plots, for figures without x-axis titles or with subplot titles on top.
+LEGEND_BELOW = dict(orientation="h", x=0.0, xanchor="left", y=-0.12, yanchor="top")
+
+
+def _layout(fig: go.Figure, title: str, **kwargs: Any) -> go.Figure:
+    """The shared layout with a title (kept clear of the toolbar and the legend)."""
+    base = {k: v for k, v in _LAYOUT.items() if k != "title"}
+    fig.update_layout(**(base | kwargs))
+    fig.update_layout(title=_LAYOUT["title"] | {"text": title})
+    return fig
 
 
 # --- reading JSON files -------------------------------------------------------------------
@@ -127,6 +143,8 @@ COMPARISON_COLUMNS: tuple[str, ...] = (
     f"{MEASURED}: params total",
     f"{MEASURED}: params trainable",
     f"{MEASURED}: test accuracy",
+    f"{MEASURED}: test coverage (share answered)",
+    f"{MEASURED}: test accuracy on answered",
     f"{MEASURED}: test macro-F1",
     f"{MEASURED}: test ECE",
     f"{MEASURED}: training time (min)",
@@ -134,6 +152,9 @@ COMPARISON_COLUMNS: tuple[str, ...] = (
     f"{PAPER}: params total",
     f"{PAPER}: test accuracy",
 )
+
+
+COVERAGE_KEYS = {"test": "test_coverage", "val": "val_coverage_at_threshold"}  # card field per split
 
 
 def comparison_table(cards: Mapping[str, Mapping[str, Any] | None], split: str = "test") -> pd.DataFrame:
@@ -153,6 +174,10 @@ def comparison_table(cards: Mapping[str, Mapping[str, Any] | None], split: str =
                 f"{MEASURED}: params total": _num(_get(card, "params", "total")),
                 f"{MEASURED}: params trainable": _num(_get(card, "params", "trainable")),
                 f"{MEASURED}: test accuracy": _num(m.get("accuracy")),
+                # abstention at the card's threshold: share of films answered and accuracy on those
+                f"{MEASURED}: test coverage (share answered)": _num(_get(card, "calibration", COVERAGE_KEYS.get(
+                    split, f"{split}_coverage"))),
+                f"{MEASURED}: test accuracy on answered": _num(_get(card, "calibration", f"{split}_accuracy_answered")),
                 f"{MEASURED}: test macro-F1": _num(m.get("macro_f1")),
                 f"{MEASURED}: test ECE": _num(m.get("ece")),
                 f"{MEASURED}: training time (min)": seconds / 60.0 if not math.isnan(seconds) else math.nan,
@@ -272,7 +297,8 @@ def per_class_figure(cards: Mapping[str, Mapping[str, Any] | None], split: str =
                 col=j,
             )
     fig.update_yaxes(range=[0, 1.02])
-    fig.update_layout(barmode="group", height=360, title=f"Per-class metrics ({split} split)", **_LAYOUT)
+    _layout(fig, f"Per-class metrics ({split} split)", barmode="group", height=400, legend=LEGEND_BELOW,
+            margin=dict(l=10, r=10, t=100, b=10))
     return fig
 
 
@@ -294,9 +320,11 @@ def confusion_figure(card: Mapping[str, Any], split: str = "test", name: str = "
             hovertemplate="true %{y}<br>predicted %{x}<br>%{text}<extra></extra>",
         )
     )
+    fig.update_traces(textfont=dict(size=14))
     fig.update_yaxes(autorange="reversed", title="true class")
     fig.update_xaxes(title="predicted class", side="bottom")
-    fig.update_layout(height=320, title=display_name(name, card) if name or card else "", **_LAYOUT)
+    _layout(fig, (display_name(name, card) if name or card else "") + " (row-normalised, counts shown)",
+            height=400)
     return fig
 
 
@@ -314,7 +342,8 @@ def roc_figure(cards: Mapping[str, Mapping[str, Any] | None], split: str = "test
             fig.add_trace(
                 go.Scatter(
                     x=curve["fpr"], y=curve["tpr"], mode="lines",
-                    name=f"{display_name(name, card)} (AUC {auc:.3f})" if not math.isnan(auc) else display_name(name, card),
+                    name=(f"{display_name(name, card)} · {class_label(cls)} (AUC {auc:.3f})" if not math.isnan(auc)
+                          else f"{display_name(name, card)} · {class_label(cls)}"),
                     line=dict(color=MODEL_COLOURS.get(name), width=2),
                     legendgroup=f"{name}{cls}",
                 ),
@@ -325,7 +354,9 @@ def roc_figure(cards: Mapping[str, Mapping[str, Any] | None], split: str = "test
                                  showlegend=False, hoverinfo="skip"), row=1, col=j)
     fig.update_xaxes(title="false-positive rate", range=[0, 1])
     fig.update_yaxes(title="true-positive rate", range=[0, 1.02], col=1)
-    fig.update_layout(height=380, title=f"ROC curves, one class vs rest ({split} split)", **_LAYOUT)
+    _layout(fig, f"ROC curves, one class vs rest ({split} split)", height=460,
+            legend=dict(orientation="h", x=0.0, xanchor="left", y=-0.22, yanchor="top"),
+            margin=dict(l=10, r=10, t=100, b=10))
     return fig
 
 
@@ -350,7 +381,8 @@ def training_curves_figure(cards: Mapping[str, Mapping[str, Any] | None]) -> go.
                     row=1, col=col,
                 )
     fig.update_xaxes(title="epoch")
-    fig.update_layout(height=360, title="Training curves (solid: train, dashed: validation)", **_LAYOUT)
+    _layout(fig, "Training curves (solid: train, dashed: validation)", height=420,
+            legend=dict(orientation="h", x=0.0, xanchor="left", y=-0.2, yanchor="top"))
     return fig
 
 
@@ -374,8 +406,8 @@ def tradeoff_figure(cards: Mapping[str, Mapping[str, Any] | None], split: str = 
         )
     fig.update_xaxes(type="log", title="parameters (total, log scale)")
     fig.update_yaxes(title=f"{split} accuracy")
-    fig.update_layout(height=380, title="Accuracy vs size (marker size = CPU latency per image)",
-                      showlegend=False, **_LAYOUT)
+    fig.update_yaxes(range=[0, 1.05])
+    _layout(fig, "Accuracy vs size (marker size = CPU latency per image)", height=420, showlegend=False)
     return fig
 
 
@@ -391,9 +423,11 @@ def reliability_figure(card: Mapping[str, Any]) -> go.Figure:
                                      line=dict(color=colour)))
     fig.add_trace(go.Scatter(x=[0, 1], y=[0, 1], mode="lines", line=dict(dash="dot", color="#666"),
                              name="perfect calibration"))
-    fig.update_xaxes(title="mean confidence", range=[0, 1])
-    fig.update_yaxes(title="accuracy", range=[0, 1.02])
-    fig.update_layout(height=320, title="Reliability (validation split)", **_LAYOUT)
+    fig.update_traces(marker=dict(size=8), selector=dict(mode="lines+markers"))
+    fig.update_xaxes(title="mean confidence", range=[0, 1], constrain="domain")
+    fig.update_yaxes(title="accuracy", range=[0, 1.02], scaleanchor="x", constrain="domain")
+    _layout(fig, "Reliability (validation split)", height=520, legend=dict(
+        orientation="h", x=0.0, xanchor="left", y=-0.15, yanchor="top"), margin=dict(l=10, r=10, t=80, b=10))
     return fig
 
 
@@ -550,8 +584,8 @@ def label_distribution_figure(figures: Mapping[str, Any]) -> go.Figure | None:
                                  marker_color=colours.get(str(ds), "#9aa5ad"), legendgroup=str(ds),
                                  showlegend=col == 1), row=1, col=col)
     fig.update_yaxes(autorange="reversed")
-    fig.update_layout(height=max(360, 24 * len(df)), title="Label distribution",
-                      legend=dict(orientation="h", y=-0.08), **_LAYOUT)
+    _layout(fig, "Label distribution", height=max(400, 24 * len(df)), legend=LEGEND_BELOW,
+            margin=dict(l=10, r=10, t=100, b=10))
     return fig
 
 
@@ -563,8 +597,9 @@ def box_area_figure(figures: Mapping[str, Any]) -> go.Figure | None:
         if not isinstance(qv, (list, tuple)) or len(qv) < 5 or any(v is None for v in qv[:5]):
             return
         q05, q25, q50, q75, q95 = (max(float(v), 1e-6) for v in qv[:5])
-        fig.add_trace(go.Box(name=name, q1=[q25], median=[q50], q3=[q75], lowerfence=[q05], upperfence=[q95],
-                             marker_color=colour, line_color=colour, showlegend=False))
+        fig.add_trace(go.Box(name=name, x=[name], q1=[q25], median=[q50], q3=[q75], lowerfence=[q05],
+                             upperfence=[q95], marker_color=colour, line_color=colour, showlegend=False,
+                             hovertemplate=f"{name}<extra></extra>"))
 
     area = _find(figures, "box_area", "box_area_quantiles") or {}
     per = area.get("per_class", area) if isinstance(area, Mapping) else {}
@@ -583,7 +618,8 @@ def box_area_figure(figures: Mapping[str, Any]) -> go.Figure | None:
     if not fig.data:
         return None
     fig.update_yaxes(type="log", title="box area / image area (log scale)")
-    fig.update_layout(height=440, title="Box size per class (box: 25-75 %, whiskers: 5-95 %)", **_LAYOUT)
+    fig.update_xaxes(title="class (blue: VinBigData, orange: TBX11K)", tickangle=-45, type="category")
+    _layout(fig, "Box size per class (box: 25-75 %, whiskers: 5-95 %)", height=560)
     return fig
 
 
@@ -609,9 +645,8 @@ def predicted_vs_actual_figure(figures: Mapping[str, Any]) -> go.Figure | None:
         if obj.get("threshold") is not None:
             extra += f", threshold {float(obj['threshold']):.2f}"
     fig.update_yaxes(autorange="reversed")
-    fig.update_layout(barmode="group", height=max(360, 24 * len(df)),
-                      title="Boxes per class: detector vs radiologists", xaxis_title=f"boxes ({split} split{extra})",
-                      legend=dict(orientation="h", y=-0.08), **_LAYOUT)
+    _layout(fig, "Boxes per class: detector vs radiologists", barmode="group", height=max(400, 28 * len(df)),
+            xaxis_title=f"boxes ({split} split{extra})", legend=LEGEND_TOP, margin=dict(l=10, r=10, t=100, b=10))
     return fig
 
 
@@ -629,7 +664,7 @@ def boxes_per_image_figure(figures: Mapping[str, Any]) -> go.Figure | None:
     fig = go.Figure(go.Bar(x=x, y=y, marker_color="#1f5f8b"))
     unit = obj.get("unit", "boxes on the image") if isinstance(obj, Mapping) else "boxes on the image"
     fig.update_yaxes(type="log", title="images (log scale)")
-    fig.update_layout(height=320, title="Boxes per image", xaxis_title=unit, **_LAYOUT)
+    _layout(fig, "Boxes per image", height=360, xaxis_title=unit)
     return fig
 
 
@@ -677,8 +712,8 @@ def per_class_ap_figure(metrics: Mapping[str, Any]) -> go.Figure | None:
                            hovertemplate="%{y}: AP@0.4 %{x:.3f}<br>test boxes %{customdata}<extra></extra>"))
     fig.update_yaxes(autorange="reversed")
     fig.update_xaxes(range=[0, 1.15], title="AP at IoU 0.4")
-    fig.update_layout(height=max(340, 24 * len(df)),
-                      title="Per-class AP on the test split (grey: too few test boxes to be validated)", **_LAYOUT)
+    _layout(fig, "Per-class AP on the test split (grey: too few test boxes to be validated)",
+            height=max(360, 24 * len(df)))
     return fig
 
 
@@ -735,6 +770,95 @@ def window_level(pixels: np.ndarray, brightness: float = 0.0, contrast: float = 
     lo = centre - width / 2.0
     out = (p - lo) / width
     return np.clip(np.rint(out * 255.0), 0, 255).astype(np.uint8)
+
+
+# Window presets on the display scale (0 = darkest, 1 = brightest value of the film as decoded):
+# the decoded image carries no stored WindowCenter/Width or Hounsfield-like units (io.ImageMeta).
+WINDOW_PRESETS: dict[str, tuple[float, float] | None] = {
+    "Full range": (0.5, 1.0),
+    "Lung": (0.35, 0.70),         # spreads the dark (air-filled) half: vessels and fine lung markings
+    "Mediastinum": (0.65, 0.50),  # spreads the bright half: heart, spine, tubes and lines
+    "Auto (1-99 % of pixels)": None,
+}
+
+
+def auto_window(pixels: np.ndarray, lo_pct: float = 1.0, hi_pct: float = 99.0) -> tuple[float, float]:
+    """(centre, width) covering the 1st..99th percentile of the film's pixel values."""
+    p = np.asarray(pixels, dtype=np.float32)
+    lo, hi = (float(v) for v in np.percentile(p, [lo_pct, hi_pct]))
+    width = max(hi - lo, 1e-3)
+    return (lo + hi) / 2.0, width
+
+
+def window_from_sliders(brightness: float, contrast: float) -> tuple[float, float]:
+    """(centre, width) on the display scale for the viewer's brightness / contrast sliders."""
+    return 0.5 - float(brightness), 1.0 / max(float(contrast), 1e-3)
+
+
+def sliders_from_window(centre: float, width: float) -> tuple[float, float]:
+    """Inverse of `window_from_sliders`, clamped to the sliders' ranges (-0.5..0.5, 0.5..4)."""
+    brightness = min(max(0.5 - float(centre), -0.5), 0.5)
+    contrast = min(max(1.0 / max(float(width), 1e-3), 0.5), 4.0)
+    return round(brightness, 2), round(contrast * 20) / 20
+
+
+def invert(gray: np.ndarray) -> np.ndarray:
+    return (255 - np.asarray(gray, dtype=np.uint8)).astype(np.uint8)
+
+
+HEATMAP_COLOURSCALE = "Jet"  # matches explain.overlay's default OpenCV 'jet' colormap
+
+
+def heatmap_legend_figure(method_label: str, target_label: str | None = None) -> go.Figure:
+    """A colour-scale bar for the heatmap overlay: blue = little, red = most influence on the score."""
+    ticks = [0.03, 0.5, 0.97]  # just inside the range: plotly drops labels that sit on its edges
+    fig = go.Figure(go.Heatmap(z=[np.linspace(0, 1, 101)], x=np.linspace(0, 1, 101), y=[0],
+                               colorscale=HEATMAP_COLOURSCALE, showscale=False, zmin=0, zmax=1,
+                               hoverinfo="skip"))
+    what = f" for {target_label}" if target_label else ""
+    fig.update_xaxes(tickvals=ticks, ticktext=["0 (none)", "0.5", "1 (strongest)"], range=[0, 1],
+                     ticks="outside",
+                     title=f"{method_label} relevance{what} (faint areas are left transparent)")
+    fig.update_yaxes(visible=False)
+    fig.update_layout(height=90, template="plotly_white", margin=dict(l=40, r=70, t=5, b=50),
+                      font=_LAYOUT["font"])
+    return fig
+
+
+def _png_data_uri(rgb: np.ndarray) -> str:
+    import base64
+
+    import cv2
+
+    ok, buf = cv2.imencode(".png", cv2.cvtColor(np.ascontiguousarray(rgb), cv2.COLOR_RGB2BGR))
+    if not ok:  # pragma: no cover - cv2 encodes any uint8 RGB array
+        raise ValueError("could not encode the image")
+    return "data:image/png;base64," + base64.b64encode(buf.tobytes()).decode("ascii")
+
+
+def viewer_figure(panels: Mapping[str, np.ndarray], spacing_mm: tuple[float, float] | None = None) -> go.Figure:
+    """The film (and its overlay) as plotly images side by side with linked axes: mouse-wheel zoom and
+    drag-pan move both panels together. Axes in pixels; hover shows the position in mm when the pixel
+    spacing is known."""
+    names = list(panels)
+    fig = make_subplots(rows=1, cols=len(names), subplot_titles=names, horizontal_spacing=0.02,
+                        shared_xaxes="all", shared_yaxes="all")
+    for j, name in enumerate(names, start=1):
+        rgb = panels[name]
+        h, w = rgb.shape[:2]
+        fig.add_trace(go.Image(source=_png_data_uri(rgb), name=name, hoverinfo="x+y",
+                               hovertemplate=("x %{x} px, y %{y} px" + (
+                                   f"<br>{spacing_mm[1]:.3f} x {spacing_mm[0]:.3f} mm per px" if spacing_mm else "")
+                                   + f"<extra>{name}</extra>")), row=1, col=j)
+    fig.update_xaxes(showticklabels=False, showgrid=False, zeroline=False, constrain="domain")
+    fig.update_yaxes(showticklabels=False, showgrid=False, zeroline=False, scaleanchor="x", constrain="domain")
+    fig.update_annotations(y=0.0, yanchor="top", yshift=-4)  # panel names under the images, clear of the toolbar
+    h, w = next(iter(panels.values())).shape[:2]
+    panel_width = 560 / len(names)  # the viewer column is about 560 px wide at a 1400 px window
+    fig.update_layout(height=int(min(900, max(300, panel_width * h / max(w, 1) + 70))), dragmode="pan",
+                      template="plotly_white", margin=dict(l=0, r=0, t=34, b=30), font=_LAYOUT["font"],
+                      uirevision="viewer")
+    return fig
 
 
 def to_rgb(gray: np.ndarray) -> np.ndarray:
@@ -798,21 +922,43 @@ NORMAL_SCOPE_NOTE = settings.NORMAL_SCOPE_NOTE  # the page's wording lives in se
 AGE_SCOPE_NOTE = settings.AGE_SCOPE_NOTE
 
 
+WORKLIST_COLUMNS = ("File", "Quality", "Result", "Confidence", "Leaning (not an answer)", "Age group",
+                    "Notes")
+
+
 def worklist_row(name: str, quality: Any = None, prediction: Any = None, error: str | None = None) -> dict[str, str]:
-    """One line of the Diagnose page's worklist overview: what a reader needs to triage the list."""
-    row = {"File": name, "Quality": "", "Result": "", "Confidence": "", "Age group": "", "Note": ""}
+    """One line of the Diagnose page's worklist overview: what a reader needs to triage the list.
+
+    On an abstained row the class the model leaned to is given in its own column, marked as not an
+    answer; "Notes" holds every reason and quality remark in full.
+    """
+    lean = "Leaning (not an answer)"
+    row = {c: "" for c in WORKLIST_COLUMNS} | {"File": name}
     if error:
-        return row | {"Result": "not analysed", "Note": error}
+        return row | {"Result": "not analysed", "Notes": error}
+    notes: list[str] = []
     if quality is not None:
         row["Quality"] = {"pass": "pass", "warn": "check", "fail": "not suitable"}.get(str(quality.verdict), str(quality.verdict))
+        notes += [str(r) for r in (getattr(quality, "reasons", None) or [])]
     if prediction is None:
-        return row | {"Result": "no model", "Note": "No trained classifier is selected."}
+        return row | {"Result": "no model", "Notes": " ".join(notes + ["No trained classifier is selected."])}
+    notes = [str(r) for r in (prediction.reasons or [])] + notes
+    probs = dict(getattr(prediction, "probabilities", None) or {})
+    leaning = max(probs, key=probs.get) if probs else prediction.predicted
     return row | {
         "Result": "abstained" if prediction.abstained else class_label(prediction.predicted),
         "Confidence": format_probability(prediction.confidence),
+        lean: (f"{class_label(leaning)} ({format_probability(probs.get(leaning, prediction.confidence))}) — not an answer"
+               if prediction.abstained and leaning else ""),
         "Age group": settings.AGE_GROUP_LABELS.get(prediction.age_group or "", "not given"),
-        "Note": (prediction.reasons or [""])[0],
+        "Notes": " ".join(notes),
     }
+
+
+def worklist_csv(rows: Iterable[Mapping[str, Any]]) -> bytes:
+    """The worklist overview (all rows, as shown) as CSV bytes, built in memory."""
+    df = pd.DataFrame(list(rows))
+    return df.to_csv(index=False).encode("utf-8")
 
 
 def heatmap_caption(heat: Any) -> str:
@@ -826,13 +972,29 @@ def heatmap_caption(heat: Any) -> str:
     return text
 
 
-def sanity_warning(sanity: Mapping[str, Any] | None) -> str | None:
-    """A warning when the model's heatmaps failed a sanity check (explain sanity), else None."""
-    if not sanity or all((sanity.get("passed") or {}).values()):
-        return None
-    failed = ", ".join(k.replace("_", " ") for k, ok in sanity["passed"].items() if not ok)
-    return (f"This model's heatmaps failed a sanity check ({failed}; {sanity.get('n_images')} test images, "
-            f"{sanity.get('method')}): treat them as a rough hint only.")
+def sanity_note(sanity: Mapping[str, Any] | None, method: str) -> tuple[str, str]:
+    """(level, text) about the sanity check of the heatmap method shown: 'warning' when it failed,
+    'info' when this method was never checked, 'ok' when it passed. `sanity` must be that method's own
+    result (`explain.sanity_result(model, method)`); a check of another method says nothing here."""
+    from cxr_core.explain import METHODS
+
+    label = METHODS[method][1] if method in METHODS else str(method)
+    if not sanity or (sanity.get("method") not in (None, method)):
+        return "info", (f"Heatmap sanity check: not checked for {label}. Nobody has tested whether {label} maps of "
+                        "this model depend on what it learned; treat them as a rough hint.")
+    passed = sanity.get("passed") or {}
+    n = sanity.get("n_images")
+    if passed and all(passed.values()):
+        return "ok", f"{label} passed the heatmap sanity checks ({n} test images)."
+    failed = ", ".join(k.replace("_", " ") for k, ok in passed.items() if not ok) or "no result"
+    return "warning", (f"{label} heatmaps of this model failed a sanity check ({failed}; {n} test images, "
+                       f"{label}): treat them as a rough hint only.")
+
+
+def sanity_warning(sanity: Mapping[str, Any] | None, method: str | None = None) -> str | None:
+    """The warning text when the shown method's heatmaps failed a sanity check, else None."""
+    level, text = sanity_note(sanity, method or str((sanity or {}).get("method") or ""))
+    return text if level == "warning" else None
 
 
 def boxes_table(boxes: Iterable[Any]) -> pd.DataFrame:
@@ -868,7 +1030,55 @@ def clinical_metadata(meta: Any, include_identifiers: bool = False) -> dict[str,
         out["Note"] = f"downscaled to {settings.WORKING_SIDE} px (long side) for processing"
     if include_identifiers:
         for k, v in (getattr(meta, "identifiers", None) or {}).items():
-            out[k] = str(v)
+            out[readable_tag(k)] = str(v)  # as stored (the banner formats the few it shows)
+    return out
+
+
+DICOM_FIELD_NAMES = {
+    "PatientName": "Patient name", "PatientID": "Patient ID", "PatientBirthDate": "Birth date",
+    "PatientSex": "Sex", "PatientAge": "Age", "OtherPatientIDs": "Other patient IDs",
+    "AccessionNumber": "Accession number", "StudyInstanceUID": "Study UID", "SeriesInstanceUID": "Series UID",
+    "SOPInstanceUID": "Instance UID", "StudyDate": "Study date", "StudyTime": "Study time",
+    "InstitutionName": "Institution", "ReferringPhysicianName": "Referring physician",
+}
+
+
+def readable_tag(keyword: str) -> str:
+    """'PatientName' -> 'Patient name' (unknown keywords split at capitals)."""
+    if keyword in DICOM_FIELD_NAMES:
+        return DICOM_FIELD_NAMES[keyword]
+    import re
+
+    words = re.sub(r"(?<=[a-z])(?=[A-Z])", " ", str(keyword)).split()
+    return " ".join([words[0]] + [w.lower() for w in words[1:]]) if words else str(keyword)
+
+
+def format_dicom_value(keyword: str, value: Any) -> str:
+    """Dates as YYYY-MM-DD, person names 'Family^Given' as 'Family, Given', times as HH:MM."""
+    v = str(value)
+    if keyword.endswith("Date") and len(v) == 8 and v.isdigit():
+        return f"{v[:4]}-{v[4:6]}-{v[6:]}"
+    if keyword.endswith("Time") and len(v) >= 4 and v[:4].isdigit():
+        return f"{v[:2]}:{v[2:4]}"
+    if keyword.endswith("Name") and "^" in v:
+        return ", ".join(p for p in v.split("^") if p)
+    if keyword == "PatientSex":
+        return {"F": "female", "M": "male", "O": "other"}.get(v.upper(), v)
+    return v
+
+
+def patient_banner(meta: Any, include_identifiers: bool) -> dict[str, str]:
+    """Name, patient ID, sex, age band, study date and view for a DICOM, only when identifiers are on."""
+    ids = getattr(meta, "identifiers", None) or {}
+    if not include_identifiers or not ids:
+        return {}
+    out = {readable_tag(k): format_dicom_value(k, ids[k]) for k in ("PatientName", "PatientID", "PatientSex")
+           if ids.get(k)}
+    if getattr(meta, "age_group", None):
+        out["Age band"] = settings.AGE_GROUP_LABELS.get(meta.age_group, meta.age_group)
+    if ids.get("StudyDate"):
+        out["Study date"] = format_dicom_value("StudyDate", ids["StudyDate"])
+    out["View"] = str(getattr(meta, "view_position", None) or "not stated")
     return out
 
 
@@ -909,6 +1119,12 @@ def readme_section(path: Path, heading_startswith: str) -> str | None:
     return text or None
 
 
+def format_temperature(t: Any) -> str:
+    """A calibration temperature to 2 decimals ('n/a' when missing)."""
+    v = _num(t)
+    return "n/a" if math.isnan(v) else f"{v:.2f}"
+
+
 def card_summary(name: str, card: Mapping[str, Any]) -> pd.DataFrame:
     """Key facts of a model card as a two-column table."""
     test = split_metrics(card, "test")
@@ -926,7 +1142,7 @@ def card_summary(name: str, card: Mapping[str, Any]) -> pd.DataFrame:
          if test else "n/a"),
         ("Epochs / training time", f"{_get(card, 'training', 'epochs', default='n/a')} / "
          f"{_num(_get(card, 'training', 'seconds')) / 60:.1f} min"),
-        ("Calibration temperature", _get(card, "calibration", "temperature", default="n/a")),
+        ("Calibration temperature", format_temperature(_get(card, "calibration", "temperature"))),
         ("Abstain below", _get(card, "calibration", "abstain_threshold", default="n/a")),
         ("Trained on", card.get("date")),
         ("Code version", card.get("code_version")),

@@ -17,7 +17,8 @@ what the library does not know about our pipeline:
   same model at once would read each other's activations (Streamlit serves sessions in threads).
 
 Sanity checks after Adebayo et al. (2018), "Sanity Checks for Saliency Maps":
-``python -m cxr_core.explain sanity --n 30 --model NAME`` writes weights/explain_sanity_NAME.json:
+``python -m cxr_core.explain sanity --n 30 --model NAME`` writes weights/explain_sanity_NAME.json
+(``--method M`` other than Grad-CAM: explain_sanity_NAME_M.json):
 (a) the Spearman rank correlation between heatmaps of the trained network and the same
 architecture with random weights (low = the map depends on what the model learned) and
 (b) a deletion curve: deleting the most salient pixels first should lower the predicted-class
@@ -605,17 +606,34 @@ def _layer_name(clf: Classifier, layer: nn.Module | None = None) -> str:
     return type(layer).__name__
 
 
-def sanity_path(model: str) -> Path:
-    return settings.WEIGHTS_DIR / f"explain_sanity_{model}.json"
+def sanity_path(model: str, method: str | None = None) -> Path:
+    """weights/explain_sanity_MODEL.json for the default method, ..._MODEL_METHOD.json for another one."""
+    if method is None or method == DEFAULT_METHOD:
+        return settings.WEIGHTS_DIR / f"explain_sanity_{model}.json"
+    return settings.WEIGHTS_DIR / f"explain_sanity_{model}_{method}.json"
 
 
-def sanity_result(model: str) -> dict[str, Any] | None:
-    """The last sanity run for this model (written by `python -m cxr_core.explain sanity`), if any."""
-    path = sanity_path(model)
+def _read_json(path: Path) -> dict[str, Any] | None:
     try:
-        return json.loads(path.read_text()) if path.is_file() else None
+        data = json.loads(path.read_text()) if path.is_file() else None
     except (OSError, json.JSONDecodeError):
         return None
+    return data if isinstance(data, dict) else None
+
+
+def sanity_result(model: str, method: str | None = None) -> dict[str, Any] | None:
+    """The last sanity run for this model (written by `python -m cxr_core.explain sanity`), if any.
+
+    With `method`, only a run of that method counts (its file's `method` field must say so): a
+    Grad-CAM check says nothing about Eigen-CAM maps, so a method never checked gives None.
+    """
+    if method is None:
+        return _read_json(sanity_path(model))
+    for path in dict.fromkeys((sanity_path(model, method), sanity_path(model))):
+        data = _read_json(path)
+        if data is not None and data.get("method") == method:
+            return data
+    return None
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -654,7 +672,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             result["weights_source"] = str(src)
             result["weights_modified"] = time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(Path(src).stat().st_mtime))
             result["input_size"] = (clf or load_classifier(args.model)).input_size
-            args.out = args.out or sanity_path(args.model)
+            args.out = args.out or sanity_path(args.model, args.method)
             args.out.parent.mkdir(parents=True, exist_ok=True)
             args.out.write_text(json.dumps(result, indent=2) + "\n")
             r, d = result["randomisation"], result["deletion"]

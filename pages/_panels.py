@@ -8,6 +8,7 @@ from __future__ import annotations
 import hashlib
 from typing import Any
 
+import numpy as np
 import streamlit as st
 
 from cxr_core import dashboard, report, settings
@@ -132,3 +133,41 @@ def report_panel(analysis: Any, filename: str, base: Any, composite: Any, boxes:
         st.caption("Reports include the disclaimer and model versions. Identifiers are left out unless shown above.")
     except Exception:
         st.warning("Reports are not available right now.", icon=":material/warning:")
+
+
+def dicom_panel(analysis: Any, upload_bytes: bytes, digest: str, composite: Any, boxes: list | None,
+                det_conf: float | None, heat_method: str | None) -> None:
+    """DICOM Structured Report and secondary capture of what the page shows, for a DICOM upload.
+
+    Built in memory, once per shown state (memoised in the session), never written to disk. A
+    non-DICOM source (ValueError from dicom_outputs) shows nothing.
+    """
+    from cxr_core.pacs.outputs import dicom_outputs
+
+    fingerprint = hashlib.sha1(np.ascontiguousarray(composite).tobytes())
+    fingerprint.update(repr((sorted((b.label, round(float(b.confidence), 4), b.x0, b.y0, b.x1, b.y1)
+                                    for b in boxes) if boxes is not None else None,
+                             det_conf, heat_method, id(analysis))).encode())
+    key = ("dicom", digest, fingerprint.hexdigest())
+
+    def build() -> Any:
+        try:
+            return dicom_outputs(analysis, upload_bytes, boxes=boxes, detector_conf=det_conf, overlay=composite,
+                                 heatmap_method=heat_method)
+        except ValueError:
+            return None
+
+    status, out = cached(key, build)
+    if status != "ok":
+        st.warning("The DICOM outputs could not be generated for this file.", icon=":material/warning:")
+        return
+    if out is None:
+        return
+    stem = "cxr"
+    st.download_button("DICOM SR", out.sr_bytes, file_name=f"{stem}_sr.dcm", mime="application/dicom",
+                       icon=":material/summarize:", key="dx_dicom_sr", on_click="ignore")
+    st.download_button("DICOM secondary capture", out.sc_bytes, file_name=f"{stem}_sc.dcm",
+                       mime="application/dicom", icon=":material/image:", key="dx_dicom_sc", on_click="ignore")
+    st.caption("DICOM Structured Report and secondary capture (the image as shown) for filing with the study. "
+               "They carry the study's patient identifiers, as DICOM objects of that study must. "
+               "Decision support, not a diagnosis.")

@@ -65,9 +65,39 @@ def age_key(digest: str) -> str:
     return f"dx_age_{digest[:16]}"
 
 
+REVIEWED_STORE = "dx_reviewed"  # {digest: True}: the reader's own "reviewed" mark per film
+AGE_STORE = "dx_age_choice"  # {digest: age group or None}: outlives the per-film widget's state
+
+
+def age_store() -> dict[str, str | None]:
+    """The age group chosen per film. Streamlit drops a widget's state when the widget is not drawn
+    (another worklist film is open), so the choice is kept here and fed back as the widget's default."""
+    return st.session_state.setdefault(AGE_STORE, {})
+
+
+def remember_age(digest: str, from_header: str | None) -> None:
+    """on_change of the age widget: keep its current choice for this film."""
+    label = st.session_state.get(age_key(digest))
+    options = age_options(from_header)
+    if label in options:
+        age_store()[digest] = options[label]
+
+
+def age_index(digest: str, from_header: str | None) -> int:
+    """Index of the film's remembered age group among its options (the header's band by default)."""
+    values = list(age_options(from_header).values())
+    stored = age_store().get(digest, from_header)
+    return values.index(stored) if stored in values else values.index(from_header)
+
+
 def chosen_age(digest: str, from_header: str | None) -> str | None:
-    """The age group picked for this upload (its own widget), else the header's band."""
-    return age_options(from_header).get(st.session_state.get(age_key(digest)), from_header)
+    """The age group picked for this upload (remembered per film), else the header's band."""
+    label = st.session_state.get(age_key(digest))
+    options = age_options(from_header)
+    if label in options:
+        return options[label]
+    stored = age_store().get(digest, from_header)
+    return stored if stored in options.values() else from_header
 
 
 def decoded(upload: Any, show_ids: bool) -> tuple[str, Any]:
@@ -98,12 +128,13 @@ def overview_row(upload: Any, model_name: str, clf: Any, show_ids: bool) -> dict
 
     digest = digest_of(upload)
     rows: OrderedDict = st.session_state.setdefault("dx_rows", OrderedDict())
-    key = (digest, model_name, id(clf), st.session_state.get(age_key(digest)), show_ids)
+    status, image = decoded(upload, show_ids)
+    age = chosen_age(digest, image.meta.age_group) if status == "ok" else None
+    key = (digest, model_name, id(clf), age, show_ids)
     if key not in rows:
-        status, value = decoded(upload, show_ids)
+        status, value = status, image
         if status == "ok":
-            status, value = analysed(upload, value, clf, model_name, chosen_age(digest, value.meta.age_group),
-                                     show_ids)
+            status, value = analysed(upload, value, clf, model_name, age, show_ids)
         rows[key] = (dashboard.worklist_row(upload.name, value.quality, value.prediction) if status == "ok"
                      else dashboard.worklist_row(upload.name, error=value))
         while len(rows) > MAX_ROWS:

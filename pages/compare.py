@@ -39,7 +39,9 @@ table = dashboard.comparison_table(cards, split)
 st.table(dashboard.comparison_styler(table))
 st.caption(
     "Params: PyTorch count (the paper counts Keras parameters, which include batch-norm statistics). "
-    "ECE: expected calibration error after temperature scaling. Latency: single-image CPU inference. "
+    "ECE: expected calibration error after temperature scaling. Coverage: share of films the model answers "
+    "at its abstention threshold (it abstains on the rest); accuracy on answered: accuracy on those films. "
+    "Latency: single-image CPU inference. "
     "Shaded columns are **Paper-reported**: measured by the paper's authors on their own data and split, "
     "so they are not directly comparable with ours. — = not available."
 )
@@ -55,10 +57,12 @@ st.subheader("Per-class precision, recall and F1")
 chart(dashboard.per_class_figure, cards, split, key="cmp_per_class")
 
 st.subheader("Confusion matrices")
-cols = st.columns(min(len(trained), 4))
-for col, (name, card) in zip(cols, trained.items()):
-    with col:
-        chart(dashboard.confusion_figure, card, split, name, key=f"cmp_cm_{name}", config={"displayModeBar": False})
+items = list(trained.items())
+for i in range(0, len(items), 2):  # two per row: large enough to read the counts
+    for col, (name, card) in zip(st.columns(2), items[i:i + 2]):
+        with col:
+            chart(dashboard.confusion_figure, card, split, name, key=f"cmp_cm_{name}",
+                  config={"displayModeBar": False})
 st.caption("Rows: true class, columns: predicted class; each cell shows the count and the share of its row.")
 
 st.subheader("ROC curves")
@@ -82,13 +86,14 @@ else:
     st.caption("Recall per class within each group; — means the class does not occur in that group.")
 
 st.subheader("Calibration")
-cal_cols = st.columns(min(len(trained), 4))
-for col, (name, card) in zip(cal_cols, trained.items()):
-    with col:
-        cal = card.get("calibration") or {}
-        st.markdown(f"**{dashboard.display_name(name, card)}** · T = {cal.get('temperature', 'n/a')} · "
-                    f"abstain below {cal.get('abstain_threshold', settings.ABSTAIN_CONFIDENCE)}")
-        chart(dashboard.reliability_figure, card, key=f"cmp_rel_{name}", config={"displayModeBar": False})
+for i in range(0, len(items), 2):  # two per row, square plots
+    for col, (name, card) in zip(st.columns(2), items[i:i + 2]):
+        with col:
+            cal = card.get("calibration") or {}
+            st.markdown(f"**{dashboard.display_name(name, card)}** · temperature T = "
+                        f"{dashboard.format_temperature(cal.get('temperature'))} · abstain below "
+                        f"{cal.get('abstain_threshold', settings.ABSTAIN_CONFIDENCE)}")
+            chart(dashboard.reliability_figure, card, key=f"cmp_rel_{name}", config={"displayModeBar": False})
 
 st.subheader("Ablation: lung crop")
 pairs = dashboard.ablation_pairs(cards)

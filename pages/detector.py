@@ -77,8 +77,13 @@ if figures:
     titles = {"labels": "Label distribution", "pva": "Predicted vs actual", "area": "Box size per class",
               "bpi": "Boxes per image"}
     ready = [k for k, (fig, _) in built.items() if fig is not None]
-    for row in (ready[i:i + 2] for i in range(0, len(ready), 2)):
-        for col, name in zip(st.columns(2), row):
+    # "Box size per class" gets the full width (one labelled box per class); the others go two per row.
+    paired = [k for k in ready if k != "area"]
+    rows = [paired[i:i + 2] for i in range(0, len(paired), 2)]
+    if "area" in ready:
+        rows.insert(1 if rows else 0, ["area"])
+    for row in rows:
+        for col, name in zip(st.columns(len(row)), row):
             with col:
                 st.subheader(titles[name])
                 st.plotly_chart(built[name][0], key=f"det_{name}", config={"displaylogo": False})

@@ -15,9 +15,59 @@ from cxr_core import dashboard, detection, explain, pipeline, settings
 from cxr_core.models import read_card
 from pages import _panels as panels
 from pages._common import classifier_status, ensure_navigation, get_classifier, get_detector, get_segmenter
-from pages._session import GENERIC_ERROR, age_key, age_options, analysed, attempt, decoded, friendly, overview_row
+from pages._session import (
+    GENERIC_ERROR,
+    REVIEWED_STORE,
+    age_index,
+    age_key,
+    age_options,
+    age_store,
+    analysed,
+    attempt,
+    decoded,
+    digest_of,
+    friendly,
+    overview_row,
+    remember_age,
+)
 
 ensure_navigation()
+
+
+def _apply_preset(pixels) -> None:
+    """on_change of the window preset: move the level / window sliders to it."""
+    name = st.session_state.get("dx_wl_preset")
+    if name not in dashboard.WINDOW_PRESETS:
+        return
+    centre, width = dashboard.WINDOW_PRESETS[name] or dashboard.auto_window(pixels)
+    st.session_state["dx_brightness"], st.session_state["dx_contrast"] = dashboard.sliders_from_window(centre, width)
+
+
+def _reset_window() -> None:
+    st.session_state.update(dx_brightness=0.0, dx_contrast=1.0, dx_invert=False, dx_wl_preset=None)
+
+
+def _remember_reviewed(digest: str) -> None:
+    st.session_state.setdefault(REVIEWED_STORE, {})[digest] = bool(st.session_state.get(f"dx_reviewed_{digest[:16]}"))
+
+
+def _show_film(base, composite, interactive: bool, spacing) -> None:
+    """The film, and beside it the film with its layers when one is on (same window, same zoom)."""
+    layered = composite is not base
+    caption = "Display only: window/level, invert and zoom do not change what the model sees."
+    if interactive:
+        film = {"Original": base, "With layers": composite} if layered else {"Film": base}
+        st.plotly_chart(dashboard.viewer_figure(film, spacing), key="dx_viewer",
+                        config={"scrollZoom": True, "displaylogo": False,
+                                "modeBarButtonsToRemove": ["select2d", "lasso2d"]})
+        st.caption(caption + " Wheel: zoom; drag: pan; double click: reset.")
+    elif layered:
+        c1, c2 = st.columns(2, gap="small")
+        c1.image(base, width="stretch", caption="Original")
+        c2.image(composite, width="stretch", caption="With layers")
+        st.caption(caption)
+    else:
+        st.image(base, width="stretch", caption=caption)
 
 
 def main() -> None:
@@ -65,6 +115,7 @@ def main() -> None:
 
     # Worklist: several files -> an overview, then pick one.
     if len(uploads) > 1:
+        reviewed = st.session_state.setdefault(REVIEWED_STORE, {})
         with st.expander(f":material/list: Worklist overview ({len(uploads)} files)", expanded=False):
             clf_for_list = None
             if model_name in trained_names:
@@ -72,10 +123,20 @@ def main() -> None:
                     clf_for_list = get_classifier(model_name)
                 except Exception:  # the single-image view below says why
                     clf_for_list = None
-            st.dataframe([overview_row(u, model_name, clf_for_list, show_ids) for u in uploads], hide_index=True,
-                         key="dx_overview")
+            rows = [{"Reviewed": "yes" if reviewed.get(digest_of(u)) else ""}
+                    | overview_row(u, model_name, clf_for_list, show_ids) for u in uploads]
+            st.dataframe(rows, hide_index=True, key="dx_overview", column_config={
+                "Notes": st.column_config.TextColumn("Notes", width="large"),
+                "Leaning (not an answer)": st.column_config.TextColumn(
+                    "Leaning (not an answer)", width="medium",
+                    help="Where the model abstained: the class it leaned to. Not a suggestion."),
+            })
+            st.download_button("Worklist (CSV, all rows)", dashboard.worklist_csv(rows), file_name="worklist.csv",
+                               mime="text/csv", icon=":material/table_view:", key="dx_worklist_csv",
+                               on_click="ignore")
             st.caption("Each file with its quality verdict and suggestion (or abstention) from the model in the "
-                       "sidebar. Decision support, not a diagnosis: open each file below before acting on it.")
+                       "sidebar; click a column header to sort. Decision support, not a diagnosis: open each "
+                       "file below before acting on it.")
         labels = [f"{i + 1}. {dashboard.md_escape(u.name)}" for i, u in enumerate(uploads)]
         choice = st.radio("Worklist", labels, horizontal=True, key="dx_worklist")
         current = uploads[labels.index(choice) if choice in labels else 0]
@@ -95,12 +156,13 @@ def main() -> None:
     with st.sidebar:
         st.subheader("Patient")
         age_label = st.selectbox(
-            "Age group", list(ages), index=list(ages.values()).index(from_header),
-            key=age_key(digest),
+            "Age group", list(ages), index=age_index(digest, from_header),
+            key=age_key(digest), on_change=remember_age, args=(digest, from_header),
             help="The model learned COVID-19 only from adults and viral pneumonia only from children aged 1-5. "
             "With the age group known it abstains from a call outside that, instead of extrapolating.",
         )
     age_group = ages.get(age_label, from_header)
+    age_store()[digest] = age_group  # kept while another worklist film is open (its widget is not drawn)
 
     # --- one analysis per upload, model and age group (cxr_core.pipeline) -------------------------------------
     clf, pred_error = None, None
@@ -133,22 +195,31 @@ def main() -> None:
 
     with left:
         st.subheader(dashboard.md_escape(current.name))
+        banner = dashboard.patient_banner(image.meta, show_ids)
+        if banner:
+            with st.container(border=True):
+                st.markdown(" · ".join(f"{k}: **{dashboard.md_escape(v)}**" for k, v in banner.items()))
         meta_items = dashboard.clinical_metadata(image.meta, include_identifiers=show_ids)
         st.caption(" · ".join(f"{k}: **{dashboard.md_escape(v)}**" for k, v in meta_items.items() if k in {"View", "Modality", "Pixel spacing", "Size (w x h)", "Format"}))
 
-        with st.expander(":material/tune: Viewer: window / level and zoom", expanded=False):
-            v1, v2, v3 = st.columns(3)
+        with st.expander(":material/tune: Viewer: window / level, invert, zoom", expanded=False):
+            st.selectbox("Window preset", list(dashboard.WINDOW_PRESETS), index=None, key="dx_wl_preset",
+                         placeholder="Choose a preset...", on_change=_apply_preset, args=(image.pixels,))
+            v1, v2 = st.columns(2)
             brightness = v1.slider("Brightness (level)", -0.5, 0.5, 0.0, 0.01, key="dx_brightness")
             contrast = v2.slider("Contrast (window)", 0.5, 4.0, 1.0, 0.05, key="dx_contrast")
-            zoom = v3.slider("Zoom", 1.0, 4.0, 1.0, 0.25, key="dx_zoom")
-            if zoom > 1.0:
-                p1, p2 = st.columns(2)
-                cx = p1.slider("Pan left-right", 0.0, 1.0, 0.5, 0.01, key="dx_cx")
-                cy = p2.slider("Pan up-down", 0.0, 1.0, 0.5, 0.01, key="dx_cy")
-            else:
-                cx = cy = 0.5
+            w1, w2 = st.columns(2)
+            inverted = w1.checkbox("Invert (bone dark)", value=False, key="dx_invert")
+            w2.button("Reset window", key="dx_wl_reset", on_click=_reset_window, icon=":material/restart_alt:")
+            centre, width = dashboard.window_from_sliders(brightness, contrast)
+            st.caption(f"Current window: centre **{centre:.2f}**, width **{width:.2f}** on the display scale "
+                       "(0 = darkest, 1 = brightest value of the decoded film). The decoder passes no stored "
+                       "DICOM window or real units to the app, so presets work on this scale.")
+        interactive = st.toggle("Zoom and pan (mouse wheel, drag)", value=False, key="dx_interactive",
+                                help="An interactive view: the wheel zooms, dragging pans, a double click resets; "
+                                "with a layer on, both panels move together.")
 
-        l1, l2, l3 = st.columns(3)
+        l1, l2, l3 = st.columns([1, 1.3, 1.1])
         show_heat = l1.toggle("Heatmap", value=False, key="dx_heat", disabled=prediction is None,
                               help="Where the model looked (class activation map).")
         detector_ready = Path(settings.DETECTOR_WEIGHTS).is_file()
@@ -160,9 +231,11 @@ def main() -> None:
                                help="Outline of the lung fields from the U-Net segmenter."
                                if lungs_ready else "The lung segmenter is not trained yet.")
 
-        base = dashboard.to_rgb(dashboard.window_level(image.pixels, brightness, contrast))
+        viewer = st.container()  # the film sits right under the toggles; layer options follow below it
+        gray = dashboard.window_level(image.pixels, brightness, contrast)
+        base = dashboard.to_rgb(dashboard.invert(gray) if inverted else gray)
         composite = base
-        heat_method = None
+        heat_method = heat_value = None
 
         # Heatmap layer.
         if show_heat and prediction is not None:
@@ -173,10 +246,15 @@ def main() -> None:
             heat_method = method_by_label.get(chosen_method, explain.DEFAULT_METHOD)
             alpha = h2.slider("Opacity", 0.0, 1.0, 0.45, 0.05, key="dx_alpha")
             class_by_label = {dashboard.class_label(c): c for c in settings.CLASSES}
+            agnostic = heat_method in explain.CLASS_AGNOSTIC
             target_label = h3.selectbox("Explain class", list(class_by_label),
                                         index=list(settings.CLASSES).index(prediction.predicted),
-                                        key="dx_cam_target")
-            target = class_by_label.get(target_label, prediction.predicted)
+                                        key="dx_cam_target", disabled=agnostic,
+                                        help="The class whose score the heatmap explains.")
+            if agnostic:
+                h3.caption(f"{chosen_method} is class-agnostic: its map is the same for every class, so there "
+                           "is no class to choose.")
+            target = prediction.predicted if agnostic else class_by_label.get(target_label, prediction.predicted)
             lungs_only = lungs_ready and st.checkbox(
                 "Only inside the lungs", value=False, key="dx_heat_lungs",
                 help="Hide heatmap activity outside the segmented lung fields.")
@@ -184,11 +262,17 @@ def main() -> None:
                 lungs_only = False  # the lung layer below says why
             h_status, h_value = attempt(lambda: analysis.heatmap(target, heat_method, lungs_only=lungs_only))
             if h_status == "ok":
+                heat_value = h_value
                 composite = explain.overlay(composite, h_value.map, alpha, fade=True)
                 st.caption(dashboard.heatmap_caption(h_value))
-                warning = dashboard.sanity_warning(explain.sanity_result(clf.name))
-                if warning:
-                    st.warning(warning, icon=":material/warning:")
+                level, text = dashboard.sanity_note(explain.sanity_result(prediction.model, heat_method),
+                                                    heat_method)
+                if level == "warning":
+                    st.warning(text, icon=":material/warning:")
+                elif level == "info":
+                    st.info(text, icon=":material/help:")
+                else:
+                    st.caption(text)
             else:
                 st.warning(f"Heatmap unavailable: {h_value}", icon=":material/warning:")
                 heat_method = None
@@ -220,13 +304,21 @@ def main() -> None:
                 st.warning(f"Abnormality detector unavailable: {d_value}", icon=":material/warning:")
         notes = analysis.notes(shown_boxes)
 
-        st.image(dashboard.zoom(composite, zoom, cx, cy), width="stretch",
-                 caption="Display only: window/level and zoom do not change what the model sees.")
+        with viewer:
+            _show_film(base, composite, interactive, image.meta.pixel_spacing)
+            if heat_value is not None:
+                st.plotly_chart(dashboard.heatmap_legend_figure(heat_value.method_label,
+                                                                None if agnostic else heat_value.target_label),
+                                key="dx_heat_legend", config={"displayModeBar": False, "staticPlot": True})
 
         if shown_boxes is not None:
             panels.boxes_panel(shown_boxes, det_label, det_card)
         for n in notes:
             st.warning(n, icon=":material/warning:")
+
+        st.checkbox("Reviewed", value=bool(st.session_state.setdefault(REVIEWED_STORE, {}).get(digest)),
+                    key=f"dx_reviewed_{digest[:16]}", on_change=_remember_reviewed, args=(digest,),
+                    help="Your own mark for the worklist (this session only).")
 
         with st.expander(":material/description: Image details"):
             st.table({"Field": list(meta_items), "Value": list(meta_items.values())})
@@ -236,6 +328,8 @@ def main() -> None:
     # --- downloads ---------------------------------------------------------------------------------------------
     with right:
         panels.report_panel(analysis, current.name, base, composite, shown_boxes, det_conf, heat_method, notes)
+        if image.meta.format == "DICOM":
+            panels.dicom_panel(analysis, current.getvalue(), digest, composite, shown_boxes, det_conf, heat_method)
 
 try:
     main()

@@ -148,9 +148,40 @@ def test_upload_png_predicts_and_offers_reports(trained):
     assert not any("Heatmap unavailable" in w for w in _texts(at, "warning").splitlines())
     at.slider(key="dx_alpha").set_value(0.8).run()
     at.slider(key="dx_contrast").set_value(2.0).run()
-    at.slider(key="dx_zoom").set_value(2.0).run()
     assert not at.exception
-    assert at.image
+    assert len(at.image) == 2, "with a layer on: original and overlay side by side"
+    assert "Heatmap sanity check: not checked for Grad-CAM" in _texts(at, "info")  # no sanity file here
+    assert at.get("plotly_chart")[-1].proto.spec  # the colour scale beside the heatmap
+    at.selectbox(key="dx_wl_preset").set_value("Lung").run()
+    assert at.slider(key="dx_brightness").value == 0.15 and "centre **0.35**, width **0.69**" in _texts(at, "caption")
+    at.button(key="dx_wl_reset").click().run()
+    assert at.slider(key="dx_brightness").value == 0.0 and at.slider(key="dx_contrast").value == 1.0
+    assert "centre **0.50**, width **1.00**" in _texts(at, "caption")
+    at.checkbox(key="dx_invert").check().run()
+    at.toggle(key="dx_interactive").set_value(True).run()
+    assert not at.exception
+    viewer = next(c for c in at.get("plotly_chart") if "dragmode" in c.proto.spec)
+    assert '"With layers"' in viewer.proto.spec and '"scrollZoom": true' in viewer.proto.config.replace(":true", ": true")
+
+
+def test_eigencam_disables_the_class_choice_and_sanity_names_the_method(trained):
+    import json
+
+    (trained / "explain_sanity_vbreathnet.json").write_text(json.dumps(
+        {"model": "vbreathnet", "method": "gradcam", "n_images": 30,
+         "passed": {"randomisation_low_correlation": True, "deletion_salient_below_random": False}}))
+    at = _upload(_app(), ("chest.png", chest_png_bytes(256), "image/png"))
+    at.toggle(key="dx_heat").set_value(True).run()
+    assert not at.selectbox(key="dx_cam_target").disabled
+    warning = _texts(at, "warning")
+    assert "Grad-CAM heatmaps of this model failed a sanity check (deletion salient below random" in warning
+    at.selectbox(key="dx_cam_method").set_value("Eigen-CAM").run()
+    assert not at.exception, [e.value for e in at.exception]
+    assert at.selectbox(key="dx_cam_target").disabled
+    assert "Eigen-CAM is class-agnostic" in _texts(at, "caption")
+    # the Grad-CAM result is not shown as Eigen-CAM's; Eigen-CAM was never checked
+    assert "failed a sanity check" not in _texts(at, "warning")
+    assert "not checked for Eigen-CAM" in _texts(at, "info")
 
 
 def test_abstention_is_explained(trained):
@@ -171,7 +202,8 @@ def test_worklist_of_several_files(trained):
     assert list(overview["File"]) == ["a.png", "b.png"]
     shown = {m.label: m.value for m in at.metric}["Suggested class"]
     assert overview["Result"][0] == shown and overview["Quality"][0] in {"pass", "check"}
-    assert overview["Result"][1] == "not analysed" and "not an image" in overview["Note"][1]
+    assert overview["Result"][1] == "not analysed" and "not an image" in overview["Notes"][1]
+    assert "Worklist (CSV, all rows)" in {d.label for d in at.get("download_button")}
     # an age choice made for the open file reaches its overview line
     predicted = next(c for c, label in settings.CLASS_LABELS.items() if label == shown)
     outside = next(g for g in settings.AGE_GROUPS if g not in settings.TRAINED_AGE_GROUPS[predicted])
@@ -181,6 +213,40 @@ def test_worklist_of_several_files(trained):
     radio.set_value("2. b.png").run()
     assert not at.exception
     assert "b.png" in _texts(at, "error")
+
+
+def test_age_and_reviewed_mark_are_kept_across_worklist_switches(trained):
+    at = _upload(_app(), ("a.png", chest_png_bytes(256, 0), "image/png"),
+                 ("b.png", chest_png_bytes(256, 5), "image/png"))
+    adult = settings.AGE_GROUP_LABELS["adult"]
+    _age_box(at).set_value(adult).run()
+    at.checkbox(key=next(c.key for c in at.checkbox if c.label == "Reviewed")).check().run()
+    assert at.dataframe[0].value["Reviewed"][0] == "yes"
+    at.radio(key="dx_worklist").set_value("2. b.png").run()
+    assert _age_box(at).value == "Not given"  # the other film has its own age
+    assert next(c for c in at.checkbox if c.label == "Reviewed").value is False
+    at.radio(key="dx_worklist").set_value("1. a.png").run()
+    assert not at.exception
+    assert _age_box(at).value == adult, "the age chosen for a.png is kept after visiting b.png"
+    assert next(c for c in at.checkbox if c.label == "Reviewed").value is True
+    overview = at.dataframe[0].value
+    assert overview["Age group"][0] == adult and overview["Reviewed"][0] == "yes" and overview["Reviewed"][1] == ""
+    assert "Leaning (not an answer)" in overview.columns
+
+
+def test_dicom_upload_offers_sr_and_secondary_capture(trained):
+    from conftest import chest_phantom, make_dicom, to_uint16
+
+    dcm = make_dicom(to_uint16(chest_phantom(256), 12), bits_stored=12, PatientSex="F", PatientAge="045Y",
+                     StudyDate="20240131")
+    at = _upload(_app(), ("study.dcm", dcm, "application/dicom"))
+    downloads = {d.label: d for d in at.get("download_button")}
+    assert {"PDF report", "Results (JSON)", "DICOM SR", "DICOM secondary capture"} <= set(downloads)
+    assert "Patient name:" not in _texts(at, "markdown")  # no banner while identifiers are hidden
+    at.checkbox(key="dx_show_ids").check().run()
+    banner = _texts(at, "markdown")
+    assert "Patient name: **Doe, Jane**" in banner and "Sex: **female**" in banner and "Study date: **2024-01-31**" in banner
+    assert "PatientName" not in banner
 
 
 def test_dicom_metadata_and_identifiers(trained):
@@ -193,7 +259,7 @@ def test_dicom_metadata_and_identifiers(trained):
     assert "Doe^Jane" not in str(at.table[0].value)
     at.checkbox(key="dx_show_ids").check().run()
     assert not at.exception
-    assert "Doe^Jane" in str(at.table[0].value)
+    assert "Doe^Jane" in str(at.table[0].value) and "Patient name" in list(at.table[0].value["Field"])
 
 
 def _age_box(at):

@@ -96,7 +96,7 @@ def browser(tmp_path):
     opts.binary_location = CHROMIUM
     for flag in ("--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
                  "--disable-component-update", "--disable-sync", "--no-first-run", "--disable-dev-shm-usage",
-                 "--window-size=1440,1600", f"--user-data-dir={tmp_path / 'chrome-profile'}"):
+                 "--window-size=1400,1600", f"--user-data-dir={tmp_path / 'chrome-profile'}"):
         opts.add_argument(flag)
     driver = webdriver.Chrome(service=Service(CHROMEDRIVER), options=opts)
     yield driver
@@ -119,6 +119,34 @@ def _wait_idle(driver, timeout: float = 60) -> None:
         lambda d: not d.find_elements("css selector", '[data-testid="stStatusWidget"]'))
 
 
+WIDTH = 1400  # px: the screenshots are taken at this width
+SCREENS = os.environ.get("CXR_SCREENSHOT_DIR")  # optional: also copy the screenshots here for review
+
+
+def _shoot(driver, path: Path) -> Path:
+    """A screenshot of the whole page at WIDTH px: the window is made as tall as the page's content."""
+    height = driver.execute_script(
+        "const m = document.querySelector('[data-testid=\"stMain\"]') || document.body;"
+        "return Math.max(m.scrollHeight, document.body.scrollHeight);")
+    driver.set_window_size(WIDTH, min(max(int(height) + 120, 900), 7000))
+    time.sleep(1.0)  # plotly relayouts to the new size
+    driver.save_screenshot(str(path))
+    driver.set_window_size(WIDTH, 1600)
+    if SCREENS:
+        Path(SCREENS).mkdir(parents=True, exist_ok=True)
+        shutil.copy(path, Path(SCREENS) / path.name)
+    assert driver.get_window_size()["width"] == WIDTH
+    return path
+
+
+def _click_label(driver, text: str) -> None:
+    from selenium.webdriver.common.by import By
+
+    el = next(el for el in driver.find_elements(By.CSS_SELECTOR, "label") if el.text.strip() == text)
+    driver.execute_script("arguments[0].scrollIntoView({block: 'center'});", el)
+    el.click()
+
+
 def test_upload_predict_heatmap_in_chromium(server, browser, tmp_path):
     from selenium.webdriver.common.by import By
 
@@ -139,29 +167,68 @@ def test_upload_predict_heatmap_in_chromium(server, browser, tmp_path):
     print(f"[{time.time() - t0:.1f}s] prediction shown")
     _wait_text(browser, "Image quality")
     _wait_idle(browser)
-    shot1 = tmp_path / "diagnose_prediction.png"
-    browser.save_screenshot(str(shot1))
+    shot1 = _shoot(browser, tmp_path / "diagnose_prediction.png")
 
-    toggle = next(el for el in browser.find_elements(By.CSS_SELECTOR, '[data-testid="stCheckbox"] label, label')
-                  if el.text.strip() == "Heatmap")
-    toggle.click()
+    _click_label(browser, "Heatmap")
     _wait_text(browser, "CAM method")
     _wait_idle(browser)
     body = browser.find_element(By.TAG_NAME, "body").text
     assert "Heatmap unavailable" not in body
     assert "Traceback" not in body
+    assert "Original" in body and "With layers" in body  # side by side
     print(f"[{time.time() - t0:.1f}s] heatmap shown")
-    shot2 = tmp_path / "diagnose_heatmap.png"
-    browser.save_screenshot(str(shot2))
+    shot2 = _shoot(browser, tmp_path / "diagnose_heatmap.png")
+    # the toggle labels are shown in full (not cut off with an ellipsis)
+    for label in ("Heatmap", "Abnormality boxes", "Lung outline"):
+        el = next(e for e in browser.find_elements(By.CSS_SELECTOR, "label") if e.text.strip() == label)
+        assert el.size["width"] > 0 and el.text.strip() == label
 
-    for page, marker in (("compare", "Per-class precision"),):
+    _click_label(browser, "Zoom and pan (mouse wheel, drag)")
+    _wait_idle(browser)
+    WebDriverWait(browser, 60, poll_frequency=0.5).until(
+        lambda d: d.find_elements(By.CSS_SELECTOR, ".js-plotly-plot .layer-above image, .js-plotly-plot image"))
+    _shoot(browser, tmp_path / "diagnose_interactive.png")
+
+    for page, marker in (("compare", "Per-class precision"), ("detector", "Box size per class"),
+                         ("about", "Intended use"), ("pacs", "PACS")):
         browser.get(f"{server}/{page}")
         _wait_text(browser, marker)
         _wait_idle(browser)
-        browser.save_screenshot(str(tmp_path / f"{page}.png"))
+        _shoot(browser, tmp_path / f"{page}.png")
         print(f"[{time.time() - t0:.1f}s] {page} page")
         assert "Traceback" not in browser.find_element(By.TAG_NAME, "body").text
 
     for shot in (shot1, shot2):
         assert shot.stat().st_size > 20_000
     print(f"\nscreenshots: {tmp_path}")
+
+
+def test_worklist_and_dicom_in_chromium(server, browser, tmp_path):
+    """A two-film worklist (PNG + DICOM): overview table, then the DICOM with identifiers on."""
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    from conftest import chest_phantom, make_dicom, to_uint16
+
+    png = tmp_path / "a_chest.png"
+    png.write_bytes(chest_png_bytes(512, seed=3))
+    dcm = tmp_path / "b_study.dcm"
+    dcm.write_bytes(make_dicom(to_uint16(chest_phantom(512), 12), bits_stored=12, PatientSex="F",
+                               PatientAge="045Y", StudyDate="20240131"))
+    browser.get(server)
+    _wait_text(browser, "Diagnose a chest X-ray")
+    upload = WebDriverWait(browser, 60, poll_frequency=0.5).until(
+        lambda d: d.find_elements(By.CSS_SELECTOR, 'input[type="file"]'))[0]
+    upload.send_keys(f"{png}\n{dcm}")
+    _wait_text(browser, "Worklist overview (2 files)")
+    _wait_idle(browser)
+    _click_label(browser, "2. b_study.dcm")
+    _wait_text(browser, "DICOM SR")
+    _click_label(browser, "Show patient identifiers (DICOM)")
+    _wait_text(browser, "Patient name")
+    _wait_idle(browser)
+    browser.find_element(By.XPATH, "//*[contains(text(), 'Worklist overview')]").click()
+    _wait_idle(browser)
+    body = browser.find_element(By.TAG_NAME, "body").text
+    assert "DICOM secondary capture" in body and "Study date" in body and "Traceback" not in body
+    _shoot(browser, tmp_path / "diagnose_worklist_dicom.png")

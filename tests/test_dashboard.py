@@ -171,7 +171,7 @@ def test_probability_figure_and_metadata():
                            downscaled=True, identifiers={"PatientName": "Doe^Jane"})
     shown = dashboard.clinical_metadata(meta)
     assert shown["View"] == "PA" and shown["Pixel spacing"] == "0.139 x 0.139 mm" and "PatientName" not in shown
-    assert dashboard.clinical_metadata(meta, include_identifiers=True)["PatientName"] == "Doe^Jane"
+    assert dashboard.clinical_metadata(meta, include_identifiers=True)["Patient name"] == "Doe^Jane"
 
 
 def test_safe_load_never_raises():
@@ -298,15 +298,127 @@ def test_box_conflict_only_for_validated_findings_on_a_normal_call():
 
 
 def test_worklist_row_says_what_happened_to_each_file():
+    lean = "Leaning (not an answer)"
     err = dashboard.worklist_row("x.dcm", error="The file is empty.")
-    assert err["Result"] == "not analysed" and err["Note"] == "The file is empty." and err["File"] == "x.dcm"
-    quality = SimpleNamespace(verdict="warn")
+    assert err["Result"] == "not analysed" and err["Notes"] == "The file is empty." and err["File"] == "x.dcm"
+    quality = SimpleNamespace(verdict="warn", reasons=["Low contrast."])
     assert dashboard.worklist_row("a.png", quality)["Result"] == "no model"
+    reasons = ["Confidence 55% is below the 92% needed to suggest a class.", "A second, long reason in full."]
     pred = SimpleNamespace(abstained=True, predicted="covid", confidence=0.55, age_group="paediatric",
-                           reasons=["Confidence 55% is below the 92% needed to suggest a class."])
+                           reasons=reasons, probabilities={"covid": 0.30, "normal": 0.55, "viral_pneumonia": 0.15})
     row = dashboard.worklist_row("a.png", quality, pred)
-    assert row == {"File": "a.png", "Quality": "check", "Result": "abstained", "Confidence": "55%",
-                   "Age group": "Child aged 1-5 years", "Note": pred.reasons[0]}
-    answered = SimpleNamespace(abstained=False, predicted="viral_pneumonia", confidence=0.999, age_group=None, reasons=[])
+    assert list(row) == list(dashboard.WORKLIST_COLUMNS)
+    assert row["Result"] == "abstained" and row["Quality"] == "check" and row["Age group"] == "Child aged 1-5 years"
+    assert row[lean] == "Normal (55%) — not an answer"  # the top class, marked as not an answer
+    assert row["Notes"] == " ".join(reasons + ["Low contrast."])  # every note in full
+    answered = SimpleNamespace(abstained=False, predicted="viral_pneumonia", confidence=0.999, age_group=None,
+                               reasons=[], probabilities={"viral_pneumonia": 0.999})
     assert dashboard.worklist_row("b.png", None, answered)["Result"] == "Viral Pneumonia"
     assert dashboard.worklist_row("b.png", None, answered)["Age group"] == "not given"
+    assert dashboard.worklist_row("b.png", None, answered)[lean] == ""
+    csv = dashboard.worklist_csv([row, dashboard.worklist_row("b.png", None, answered)]).decode()
+    assert csv.splitlines()[0].startswith("File,Quality,Result") and csv.count("\n") == 3
+    assert "not an answer" in csv and "A second, long reason in full." in csv
+
+
+def test_figure_labels_legends_and_titles(weights):
+    write_cards(weights, ("vbreathnet", "mobilenet_v2"))
+    cards = dashboard.load_cards()
+    roc = dashboard.roc_figure(cards)
+    named = [t.name for t in roc.data if t.showlegend is not False]
+    for label in ("COVID-19", "Normal", "Viral Pneumonia"):
+        assert any(f"V-BreathNet · {label} (AUC" in n for n in named), named  # the legend names the class
+    assert roc.layout.xaxis.title.text == "false-positive rate" and roc.layout.yaxis.title.text == "true-positive rate"
+    assert roc.layout.legend.y < 0  # below the axis titles' row, outside the plots
+    rel = dashboard.reliability_figure(cards["vbreathnet"])
+    assert [t.name for t in rel.data] == ["before calibration", "after calibration", "perfect calibration"]
+    assert rel.layout.legend.y < 0 and rel.layout.height >= 450  # large, legend outside the data
+    assert rel.layout.xaxis.title.text == "mean confidence" and rel.layout.yaxis.title.text == "accuracy"
+    cm = dashboard.confusion_figure(cards["vbreathnet"], "test", "vbreathnet")
+    assert "row-normalised" in cm.layout.title.text and "<br>" in cm.data[0].text[0][0]  # count and row share
+    for fig in (roc, rel, cm, dashboard.per_class_figure(cards)):
+        assert fig.layout.title.y >= 0.95 and fig.layout.margin.t >= 60  # title in the margin, clear of the plots
+
+
+def test_box_size_figure_draws_one_labelled_box_per_class(weights):
+    write_detector_files(weights)
+    figs = dashboard.load_detector_files()["figures"]
+    fig = dashboard.box_area_figure(figs)
+    names = [t.name for t in fig.data]
+    assert len(names) == len(set(names)) == 4
+    assert [list(t.x) for t in fig.data] == [[n] for n in names]  # each at its own labelled position
+    assert fig.layout.xaxis.type == "category" and fig.layout.yaxis.title.text.startswith("box area")
+    pva = dashboard.predicted_vs_actual_figure(figs)
+    assert [t.name for t in pva.data] == ["radiologists (actual)", "detector (predicted)"]
+    assert pva.layout.legend.y >= 1.0 and pva.layout.xaxis.title.text.startswith("boxes")  # legend above the plot
+
+
+def test_sanity_note_names_the_method_shown():
+    grad = {"method": "gradcam", "n_images": 30, "passed": {"randomisation": True, "deletion_salient_below_random": False}}
+    level, text = dashboard.sanity_note(grad, "gradcam")
+    assert level == "warning" and "Grad-CAM" in text and "deletion salient below random" in text
+    level, text = dashboard.sanity_note(None, "eigencam")
+    assert level == "info" and "not checked for Eigen-CAM" in text
+    # a Grad-CAM result handed over for Eigen-CAM is not Eigen-CAM's result
+    assert dashboard.sanity_note(grad, "eigencam")[0] == "info"
+    ok = dict(grad, passed={"randomisation": True})
+    assert dashboard.sanity_note(ok, "gradcam")[0] == "ok"
+    assert dashboard.sanity_warning(grad, "gradcam") and dashboard.sanity_warning(ok, "gradcam") is None
+
+
+def test_sanity_result_is_looked_up_per_method(tmp_path, monkeypatch):
+    import json
+
+    from cxr_core import explain
+
+    monkeypatch.setattr(settings, "WEIGHTS_DIR", tmp_path)
+    (tmp_path / "explain_sanity_vbreathnet.json").write_text(json.dumps({"method": "gradcam", "passed": {}}))
+    assert explain.sanity_result("vbreathnet", "gradcam")["method"] == "gradcam"
+    assert explain.sanity_result("vbreathnet", "eigencam") is None
+    explain.sanity_path("vbreathnet", "eigencam").write_text(json.dumps({"method": "eigencam", "passed": {}}))
+    assert explain.sanity_path("vbreathnet", "eigencam").name == "explain_sanity_vbreathnet_eigencam.json"
+    assert explain.sanity_result("vbreathnet", "eigencam")["method"] == "eigencam"
+    assert explain.sanity_result("vbreathnet")["method"] == "gradcam"  # without a method: as before
+
+
+def test_window_presets_invert_and_viewer():
+    px = np.linspace(0.2, 0.6, 64 * 64, dtype=np.float32).reshape(64, 64)
+    centre, width = dashboard.auto_window(px)
+    assert 0.39 < centre < 0.41 and 0.38 < width < 0.40
+    b, c = dashboard.sliders_from_window(*dashboard.WINDOW_PRESETS["Full range"])
+    assert (b, c) == (0.0, 1.0) and dashboard.window_from_sliders(b, c) == (0.5, 1.0)
+    b, c = dashboard.sliders_from_window(*dashboard.WINDOW_PRESETS["Lung"])
+    assert dashboard.window_from_sliders(b, c) == pytest.approx(dashboard.WINDOW_PRESETS["Lung"], abs=0.02)
+    g = dashboard.window_level(px)
+    assert (dashboard.invert(g) == 255 - g).all()
+    rgb = dashboard.to_rgb(g)
+    fig = dashboard.viewer_figure({"Original": rgb, "With layers": rgb[..., ::-1]}, (0.139, 0.139))
+    assert [t.name for t in fig.data] == ["Original", "With layers"] and fig.layout.dragmode == "pan"
+    assert fig.data[0].source.startswith("data:image/png;base64,")
+    assert fig.layout.xaxis2.matches == "x"  # both panels zoom and pan together
+    legend = dashboard.heatmap_legend_figure("Grad-CAM", "Normal")
+    assert legend.data[0].colorscale and "Grad-CAM relevance for Normal" in legend.layout.xaxis.title.text
+
+
+def test_patient_banner_only_with_identifiers():
+    meta = SimpleNamespace(identifiers={"PatientName": "Doe^Jane", "PatientID": "P1", "PatientSex": "F",
+                                        "StudyDate": "20240131"}, age_group="adult", view_position="PA")
+    assert dashboard.patient_banner(meta, False) == {}
+    banner = dashboard.patient_banner(meta, True)
+    assert banner == {"Patient name": "Doe, Jane", "Patient ID": "P1", "Sex": "female",
+                      "Age band": settings.AGE_GROUP_LABELS["adult"], "Study date": "2024-01-31", "View": "PA"}
+    assert dashboard.readable_tag("ReferringPhysicianName") == "Referring physician"
+    assert dashboard.format_temperature(1.23456) == "1.23" and dashboard.format_temperature(None) == "n/a"
+
+
+def test_comparison_table_has_coverage_and_accuracy_on_answered():
+    card = make_card("vbreathnet")
+    card["calibration"] |= {"test_coverage": 0.7, "test_accuracy_answered": 0.975,
+                            "val_coverage_at_threshold": 0.66, "val_accuracy_answered": 0.98}
+    test = dashboard.comparison_table({"vbreathnet": card, "vgg16": None}).set_index("Model")
+    assert test.loc["V-BreathNet", f"{dashboard.MEASURED}: test coverage (share answered)"] == pytest.approx(0.7)
+    assert test.loc["V-BreathNet", f"{dashboard.MEASURED}: test accuracy on answered"] == pytest.approx(0.975)
+    assert math.isnan(test.loc["VGG16", f"{dashboard.MEASURED}: test accuracy on answered"])
+    val = dashboard.comparison_table({"vbreathnet": card}, "val").iloc[0]
+    assert val[f"{dashboard.MEASURED}: val coverage (share answered)"] == pytest.approx(0.66)
+    assert val[f"{dashboard.MEASURED}: val accuracy on answered"] == pytest.approx(0.98)
