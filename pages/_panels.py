@@ -58,6 +58,24 @@ def quality_panel(quality: Any) -> None:
         st.info("Quality check unavailable.", icon=":material/info:")
 
 
+def orientation_offer(analysis: Any, digest: str) -> None:
+    """A film the orientation check found rotated or inverted: offer to turn it and analyse again
+    (or, once corrected, to undo that)."""
+    from pages._session import set_correction
+
+    if analysis.correction:
+        st.info(analysis.correction, icon=":material/screen_rotation:")
+        st.button("Undo the correction", key="dx_uncorrect", on_click=set_correction, args=(digest, False),
+                  icon=":material/undo:")
+        return
+    found = getattr(analysis.quality, "orientation", None) or {}
+    if found.get("rotation") or found.get("inverted"):
+        st.button("Turn the film upright and analyse again", key="dx_correct", on_click=set_correction,
+                  args=(digest, True), icon=":material/screen_rotation:", type="primary",
+                  help="Undoes the rotation / inversion the check found, then runs the whole analysis on the "
+                  "corrected film. The correction is noted on the result and in every report.")
+
+
 def result_panel(prediction: Any, pred_error: str | None, card: dict | None, trained_names: list[str],
                  display_names: dict[str, str]) -> None:
     st.subheader("Result")

@@ -140,3 +140,25 @@ def overview_row(upload: Any, model_name: str, clf: Any, show_ids: bool) -> dict
         while len(rows) > MAX_ROWS:
             rows.popitem(last=False)
     return rows[key] | {"File": upload.name}
+
+
+CORRECTED_STORE = "dx_corrected"  # digest -> True when the user asked to turn that film upright
+
+
+def set_correction(digest: str, on: bool) -> None:
+    """on_click of the correction buttons: remember the choice per film."""
+    st.session_state.setdefault(CORRECTED_STORE, {})[digest] = on
+
+
+def with_correction(upload: Any, analysis: Any, model_name: str, clf: Any, age_group: str | None,
+                    show_ids: bool) -> tuple[Any, str | None]:
+    """(analysis to show, error message). The corrected analysis when the user asked for it and the
+    orientation check found a rotated or inverted film; memoised like the analysis itself."""
+    digest = digest_of(upload)
+    if not st.session_state.get(CORRECTED_STORE, {}).get(digest):
+        return analysis, None
+    key = ("corrected", digest, show_ids, model_name if clf is not None else None, id(clf), age_group)
+    status, fixed = cached(key, analysis.corrected)
+    if status != "ok":
+        return analysis, fixed
+    return (fixed if fixed is not None else analysis), None

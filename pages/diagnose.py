@@ -14,6 +14,7 @@ import streamlit as st
 from cxr_core import dashboard, detection, explain, pipeline, settings
 from cxr_core.models import read_card
 from pages import _panels as panels
+from pages import _viewer as film_viewer
 from pages._common import classifier_status, ensure_navigation, get_classifier, get_detector, get_segmenter
 from pages._session import (
     GENERIC_ERROR,
@@ -29,45 +30,10 @@ from pages._session import (
     friendly,
     overview_row,
     remember_age,
+    with_correction,
 )
 
 ensure_navigation()
-
-
-def _apply_preset(pixels) -> None:
-    """on_change of the window preset: move the level / window sliders to it."""
-    name = st.session_state.get("dx_wl_preset")
-    if name not in dashboard.WINDOW_PRESETS:
-        return
-    centre, width = dashboard.WINDOW_PRESETS[name] or dashboard.auto_window(pixels)
-    st.session_state["dx_brightness"], st.session_state["dx_contrast"] = dashboard.sliders_from_window(centre, width)
-
-
-def _reset_window() -> None:
-    st.session_state.update(dx_brightness=0.0, dx_contrast=1.0, dx_invert=False, dx_wl_preset=None)
-
-
-def _remember_reviewed(digest: str) -> None:
-    st.session_state.setdefault(REVIEWED_STORE, {})[digest] = bool(st.session_state.get(f"dx_reviewed_{digest[:16]}"))
-
-
-def _show_film(base, composite, interactive: bool, spacing) -> None:
-    """The film, and beside it the film with its layers when one is on (same window, same zoom)."""
-    layered = composite is not base
-    caption = "Display only: window/level, invert and zoom do not change what the model sees."
-    if interactive:
-        film = {"Original": base, "With layers": composite} if layered else {"Film": base}
-        st.plotly_chart(dashboard.viewer_figure(film, spacing), key="dx_viewer",
-                        config={"scrollZoom": True, "displaylogo": False,
-                                "modeBarButtonsToRemove": ["select2d", "lasso2d"]})
-        st.caption(caption + " Wheel: zoom; drag: pan; double click: reset.")
-    elif layered:
-        c1, c2 = st.columns(2, gap="small")
-        c1.image(base, width="stretch", caption="Original")
-        c2.image(composite, width="stretch", caption="With layers")
-        st.caption(caption)
-    else:
-        st.image(base, width="stretch", caption=caption)
 
 
 def main() -> None:
@@ -178,7 +144,8 @@ def main() -> None:
     if a_status != "ok":
         st.error(analysis, icon=":material/error:")
         st.stop()
-    quality, prediction = analysis.quality, analysis.prediction
+    analysis, fix_error = with_correction(current, analysis, model_name, clf, age_group, show_ids)
+    image, quality, prediction = analysis.image, analysis.quality, analysis.prediction
     card = analysis.card()
     if card is None:
         try:
@@ -191,6 +158,9 @@ def main() -> None:
 
     with right:
         panels.quality_panel(quality)
+        panels.orientation_offer(analysis, digest)
+        if fix_error:
+            st.warning(f"The film could not be corrected: {fix_error}", icon=":material/warning:")
         panels.result_panel(prediction, pred_error, card, trained_names, display_names)
 
     with left:
@@ -202,22 +172,7 @@ def main() -> None:
         meta_items = dashboard.clinical_metadata(image.meta, include_identifiers=show_ids)
         st.caption(" · ".join(f"{k}: **{dashboard.md_escape(v)}**" for k, v in meta_items.items() if k in {"View", "Modality", "Pixel spacing", "Size (w x h)", "Format"}))
 
-        with st.expander(":material/tune: Viewer: window / level, invert, zoom", expanded=False):
-            st.selectbox("Window preset", list(dashboard.WINDOW_PRESETS), index=None, key="dx_wl_preset",
-                         placeholder="Choose a preset...", on_change=_apply_preset, args=(image.pixels,))
-            v1, v2 = st.columns(2)
-            brightness = v1.slider("Brightness (level)", -0.5, 0.5, 0.0, 0.01, key="dx_brightness")
-            contrast = v2.slider("Contrast (window)", 0.5, 4.0, 1.0, 0.05, key="dx_contrast")
-            w1, w2 = st.columns(2)
-            inverted = w1.checkbox("Invert (bone dark)", value=False, key="dx_invert")
-            w2.button("Reset window", key="dx_wl_reset", on_click=_reset_window, icon=":material/restart_alt:")
-            centre, width = dashboard.window_from_sliders(brightness, contrast)
-            st.caption(f"Current window: centre **{centre:.2f}**, width **{width:.2f}** on the display scale "
-                       "(0 = darkest, 1 = brightest value of the decoded film). The decoder passes no stored "
-                       "DICOM window or real units to the app, so presets work on this scale.")
-        interactive = st.toggle("Zoom and pan (mouse wheel, drag)", value=False, key="dx_interactive",
-                                help="An interactive view: the wheel zooms, dragging pans, a double click resets; "
-                                "with a layer on, both panels move together.")
+        brightness, contrast, inverted, interactive = film_viewer.controls(image.pixels)
 
         l1, l2, l3 = st.columns([1, 1.3, 1.1])
         show_heat = l1.toggle("Heatmap", value=False, key="dx_heat", disabled=prediction is None,
@@ -305,7 +260,7 @@ def main() -> None:
         notes = analysis.notes(shown_boxes)
 
         with viewer:
-            _show_film(base, composite, interactive, image.meta.pixel_spacing)
+            film_viewer.show_film(base, composite, interactive, image.meta.pixel_spacing)
             if heat_value is not None:
                 st.plotly_chart(dashboard.heatmap_legend_figure(heat_value.method_label,
                                                                 None if agnostic else heat_value.target_label),
@@ -317,7 +272,7 @@ def main() -> None:
             st.warning(n, icon=":material/warning:")
 
         st.checkbox("Reviewed", value=bool(st.session_state.setdefault(REVIEWED_STORE, {}).get(digest)),
-                    key=f"dx_reviewed_{digest[:16]}", on_change=_remember_reviewed, args=(digest,),
+                    key=f"dx_reviewed_{digest[:16]}", on_change=film_viewer.remember_reviewed, args=(digest,),
                     help="Your own mark for the worklist (this session only).")
 
         with st.expander(":material/description: Image details"):

@@ -445,3 +445,36 @@ def test_unexpected_error_shows_generic_message(trained, monkeypatch):
     at = _upload(_app(), ("chest.png", chest_png_bytes(256), "image/png"))
     errors = _texts(at, "error")
     assert "Something went wrong" in errors and "internal detail" not in errors
+
+
+def test_a_rotated_film_is_offered_a_correction_and_analysed_again(trained, monkeypatch):
+    """One click turns a film the orientation check found rotated; the result says so; undo restores it."""
+    import io as _io
+
+    import numpy as np
+    from conftest import chest_phantom, to_uint8
+    from PIL import Image
+
+    from cxr_core.gate import orientation, quality
+
+    film = to_uint8(np.rot90(chest_phantom((240, 200)), 1))  # 200 high, 240 wide: turned a quarter
+
+    def fake_check(image):
+        pixels = image.pixels if hasattr(image, "pixels") else image
+        turned = pixels.shape == film.shape
+        return orientation.Orientation(90 if turned else 0, False, False, 0.01 if turned else 0.99, 0.01, 0.01)
+
+    monkeypatch.setattr(orientation, "available", lambda: True)
+    monkeypatch.setattr(orientation, "check", fake_check)
+    monkeypatch.setattr(quality, "_plausibility", lambda image: None)
+    buf = _io.BytesIO()
+    Image.fromarray(film).save(buf, "PNG")
+    at = _upload(_app(), ("turned.png", buf.getvalue(), "image/png"))
+    assert "rotated by 90 degrees (counter-clockwise)" in _texts(at, "error")
+    at.button(key="dx_correct").click().run()
+    assert not at.exception, [e.value for e in at.exception]
+    assert "Corrected before analysis: the film was rotated back by 90 degrees" in _texts(at, "info")
+    assert "rotated by 90 degrees" not in _texts(at, "error")
+    assert "Corrected before analysis" in _texts(at, "warning")  # the note beside the film (and in reports)
+    at.button(key="dx_uncorrect").click().run()
+    assert "rotated by 90 degrees (counter-clockwise)" in _texts(at, "error")
