@@ -1,0 +1,193 @@
+"""What the reading room says about one film: worklist rows and CSV, heatmap captions and sanity notes,
+the boxes table, clinical metadata and the patient banner, and the upload reader that never raises.
+
+No Streamlit here, so every number the app shows can be checked from a notebook or a test.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Iterable, Mapping
+
+import pandas as pd
+
+from cxr_core import settings
+from cxr_core.ui.cards import class_label
+from cxr_core.ui.figures import format_probability
+
+
+NORMAL_SCOPE_NOTE = settings.NORMAL_SCOPE_NOTE  # the page's wording lives in settings
+AGE_SCOPE_NOTE = settings.AGE_SCOPE_NOTE
+
+
+WORKLIST_COLUMNS = ("File", "Quality", "Result", "Confidence", "Leaning (not an answer)", "Age group",
+                    "Notes")
+
+
+def worklist_row(name: str, quality: Any = None, prediction: Any = None, error: str | None = None) -> dict[str, str]:
+    """One line of the Diagnose page's worklist overview: what a reader needs to triage the list.
+
+    On an abstained row the class the model leaned to is given in its own column, marked as not an
+    answer; "Notes" holds every reason and quality remark in full.
+    """
+    lean = "Leaning (not an answer)"
+    row = {c: "" for c in WORKLIST_COLUMNS} | {"File": name}
+    if error:
+        return row | {"Result": "not analysed", "Notes": error}
+    notes: list[str] = []
+    if quality is not None:
+        row["Quality"] = {"pass": "pass", "warn": "check", "fail": "not suitable"}.get(str(quality.verdict), str(quality.verdict))
+        notes += [str(r) for r in (getattr(quality, "reasons", None) or [])]
+    if prediction is None:
+        return row | {"Result": "no model", "Notes": " ".join(notes + ["No trained classifier is selected."])}
+    notes = [str(r) for r in (prediction.reasons or [])] + notes
+    probs = dict(getattr(prediction, "probabilities", None) or {})
+    leaning = max(probs, key=probs.get) if probs else prediction.predicted
+    return row | {
+        "Result": "abstained" if prediction.abstained else class_label(prediction.predicted),
+        "Confidence": format_probability(prediction.confidence),
+        lean: (f"{class_label(leaning)} ({format_probability(probs.get(leaning, prediction.confidence))}) — not an answer"
+               if prediction.abstained and leaning else ""),
+        "Age group": settings.AGE_GROUP_LABELS.get(prediction.age_group or "", "not given"),
+        "Notes": " ".join(notes),
+    }
+
+
+def worklist_csv(rows: Iterable[Mapping[str, Any]]) -> bytes:
+    """The worklist overview (all rows, as shown) as CSV bytes, built in memory."""
+    df = pd.DataFrame(list(rows))
+    return df.to_csv(index=False).encode("utf-8")
+
+
+def heatmap_caption(heat: Any) -> str:
+    """What a heatmap shows (and does not), with the share of it inside the lungs when known."""
+    from cxr_core.explain import METHODS
+
+    text = (f"Heatmap ({METHODS[heat.method][1]}) for **{class_label(heat.target)}**: warm colours mark the "
+            "regions that most raised this class's score. It shows where the model looked, not where disease is.")
+    if heat.lung_fraction is not None:
+        text += f" {heat.lung_fraction:.0%} of the highlight lies inside the lungs."
+    return text
+
+
+def sanity_note(sanity: Mapping[str, Any] | None, method: str) -> tuple[str, str]:
+    """(level, text) about the sanity check of the heatmap method shown: 'warning' when it failed,
+    'info' when this method was never checked, 'ok' when it passed. `sanity` must be that method's own
+    result (`explain.sanity_result(model, method)`); a check of another method says nothing here."""
+    from cxr_core.explain import METHODS
+
+    label = METHODS[method][1] if method in METHODS else str(method)
+    if not sanity or (sanity.get("method") not in (None, method)):
+        return "info", (f"Heatmap sanity check: not checked for {label}. Nobody has tested whether {label} maps of "
+                        "this model depend on what it learned; treat them as a rough hint.")
+    passed = sanity.get("passed") or {}
+    n = sanity.get("n_images")
+    if passed and all(passed.values()):
+        return "ok", f"{label} passed the heatmap sanity checks ({n} test images)."
+    failed = ", ".join(k.replace("_", " ") for k, ok in passed.items() if not ok) or "no result"
+    return "warning", (f"{label} heatmaps of this model failed a sanity check ({failed}; {n} test images, "
+                       f"{label}): treat them as a rough hint only.")
+
+
+def sanity_warning(sanity: Mapping[str, Any] | None, method: str | None = None) -> str | None:
+    """The warning text when the shown method's heatmaps failed a sanity check, else None."""
+    level, text = sanity_note(sanity, method or str((sanity or {}).get("method") or ""))
+    return text if level == "warning" else None
+
+
+def boxes_table(boxes: Iterable[Any]) -> pd.DataFrame:
+    rows = [{
+        "Finding": b.label,
+        "Confidence": round(float(b.confidence), 3),
+        "Validated": "yes" if getattr(b, "validated", False) else "not validated",
+        "Box (x0, y0, x1, y1)": f"{b.x0:.0f}, {b.y0:.0f}, {b.x1:.0f}, {b.y1:.0f}",
+    } for b in boxes]
+    return pd.DataFrame(rows, columns=["Finding", "Confidence", "Validated", "Box (x0, y0, x1, y1)"])
+
+
+def clinical_metadata(meta: Any, include_identifiers: bool = False) -> dict[str, str]:
+    """The parts of ImageMeta a clinician cares about, formatted; identifiers only on request."""
+    out: dict[str, str] = {}
+    fmt = getattr(meta, "format", None)
+    if fmt:
+        out["Format"] = str(fmt)
+    if getattr(meta, "modality", None):
+        out["Modality"] = str(meta.modality)
+    out["View"] = str(getattr(meta, "view_position", None) or "not stated")
+    size = getattr(meta, "original_size", None)
+    if size:
+        out["Size (w x h)"] = f"{size[0]} x {size[1]} px"
+    spacing = getattr(meta, "pixel_spacing", None)
+    if spacing:
+        out["Pixel spacing"] = f"{spacing[0]:.3f} x {spacing[1]:.3f} mm"
+    if getattr(meta, "bit_depth", None):
+        out["Bit depth"] = f"{meta.bit_depth}-bit"
+    if getattr(meta, "photometric", None):
+        out["Photometric"] = str(meta.photometric)
+    if getattr(meta, "downscaled", False):
+        out["Note"] = f"downscaled to {settings.WORKING_SIDE} px (long side) for processing"
+    if include_identifiers:
+        for k, v in (getattr(meta, "identifiers", None) or {}).items():
+            out[readable_tag(k)] = str(v)  # as stored (the banner formats the few it shows)
+    return out
+
+
+DICOM_FIELD_NAMES = {
+    "PatientName": "Patient name", "PatientID": "Patient ID", "PatientBirthDate": "Birth date",
+    "PatientSex": "Sex", "PatientAge": "Age", "OtherPatientIDs": "Other patient IDs",
+    "AccessionNumber": "Accession number", "StudyInstanceUID": "Study UID", "SeriesInstanceUID": "Series UID",
+    "SOPInstanceUID": "Instance UID", "StudyDate": "Study date", "StudyTime": "Study time",
+    "InstitutionName": "Institution", "ReferringPhysicianName": "Referring physician",
+}
+
+
+def readable_tag(keyword: str) -> str:
+    """'PatientName' -> 'Patient name' (unknown keywords split at capitals)."""
+    if keyword in DICOM_FIELD_NAMES:
+        return DICOM_FIELD_NAMES[keyword]
+    import re
+
+    words = re.sub(r"(?<=[a-z])(?=[A-Z])", " ", str(keyword)).split()
+    return " ".join([words[0]] + [w.lower() for w in words[1:]]) if words else str(keyword)
+
+
+def format_dicom_value(keyword: str, value: Any) -> str:
+    """Dates as YYYY-MM-DD, person names 'Family^Given' as 'Family, Given', times as HH:MM."""
+    v = str(value)
+    if keyword.endswith("Date") and len(v) == 8 and v.isdigit():
+        return f"{v[:4]}-{v[4:6]}-{v[6:]}"
+    if keyword.endswith("Time") and len(v) >= 4 and v[:4].isdigit():
+        return f"{v[:2]}:{v[2:4]}"
+    if keyword.endswith("Name") and "^" in v:
+        return ", ".join(p for p in v.split("^") if p)
+    if keyword == "PatientSex":
+        return {"F": "female", "M": "male", "O": "other"}.get(v.upper(), v)
+    return v
+
+
+def patient_banner(meta: Any, include_identifiers: bool) -> dict[str, str]:
+    """Name, patient ID, sex, age band, study date and view for a DICOM, only when identifiers are on."""
+    ids = getattr(meta, "identifiers", None) or {}
+    if not include_identifiers or not ids:
+        return {}
+    out = {readable_tag(k): format_dicom_value(k, ids[k]) for k in ("PatientName", "PatientID", "PatientSex")
+           if ids.get(k)}
+    if getattr(meta, "age_group", None):
+        out["Age band"] = settings.AGE_GROUP_LABELS.get(meta.age_group, meta.age_group)
+    if ids.get("StudyDate"):
+        out["Study date"] = format_dicom_value("StudyDate", ids["StudyDate"])
+    out["View"] = str(getattr(meta, "view_position", None) or "not stated")
+    return out
+
+
+def safe_load(data: bytes, filename: str | None, include_identifiers: bool = False) -> tuple[Any, str | None]:
+    """(CXRImage, None) or (None, user-facing message). Never raises; never touches the disk."""
+    try:
+        from cxr_core.io import ImageLoadError, load_image
+    except Exception:  # pragma: no cover - io is part of the skeleton
+        return None, "The image reader is not available in this installation."
+    try:
+        return load_image(bytes(data), filename, include_identifiers=include_identifiers), None
+    except ImageLoadError as exc:
+        return None, str(exc)
+    except Exception:
+        return None, "The file could not be processed because of an unexpected error. Try another file."
