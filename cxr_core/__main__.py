@@ -41,6 +41,7 @@ TASKS: dict[str, tuple[str, dict[str, Mode]]] = {
         "predict": Mode("cxr_core.predict:main", "classify files or folders, one CSV row per image"),
         "explain": Mode("cxr_core.explain:main", "write a class-activation overlay for one image", ("image",)),
         "sanity": Mode("cxr_core.explain:main", "heatmap sanity checks (randomisation, deletion)", ("sanity",)),
+        "export": Mode("cxr_core.export.__main__:main", "ONNX (and --int8) export with a checked card (docs/export.md)"),
     }),
     "segment": ("lung segmentation U-Net", {
         "train": Mode("cxr_core.segment.__main__:main", "train the lung U-Net", ("train",)),

@@ -2,6 +2,7 @@
 
     python -m cxr_core.predict image.png other.dcm folder/ --model vbreathnet --csv out.csv
     python -m cxr_core.predict image.png --cam overlay.png
+    python -m cxr_core.predict folder/ --backend onnx-int8 --csv out.csv   # ONNX Runtime (docs/export.md)
 
 Each row carries the calibrated probabilities, the predicted class, the quality verdict and
 whether the model abstained (low confidence, failed quality, or a call outside the patient groups the
@@ -22,10 +23,18 @@ import torch
 from tqdm import tqdm
 
 from cxr_core import pipeline, settings
+from cxr_core.export import BACKENDS
 from cxr_core.io import ImageLoadError
 from cxr_core.models import ModelUnavailableError, load_classifier
 
 IMAGE_SUFFIXES = {"." + t for t in settings.UPLOAD_TYPES}
+
+
+def load_backend(model: str, backend: str, threads: int) -> Any:
+    """The classifier on an ONNX Runtime backend (cxr_core.export.backend; onnxruntime imported on use)."""
+    from cxr_core.export.backend import load
+
+    return load(model, backend, threads=threads)
 
 
 def iter_inputs(paths: Sequence[Path]) -> Iterator[Path]:
@@ -37,9 +46,9 @@ def iter_inputs(paths: Sequence[Path]) -> Iterator[Path]:
             yield p
 
 
-def analyse_path(path: Path, model: str, age_group: str | None = None) -> tuple[dict[str, Any], pipeline.Analysis | None]:
+def analyse_path(path: Path, model: Any, age_group: str | None = None) -> tuple[dict[str, Any], pipeline.Analysis | None]:
     """(CSV row, analysis) for one file via `pipeline.analyse`, as the app runs it; an unreadable
-    file gives a row with the reason and no analysis."""
+    file gives a row with the reason and no analysis. `model`: a registry name or a loaded classifier."""
     try:
         analysis = pipeline.analyse(path, classifier=model, age_group=age_group)
     except ImageLoadError as exc:
@@ -63,10 +72,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--cam", type=Path, default=None, help="write a Grad-CAM overlay PNG (single image only)")
     ap.add_argument("--cam-method", default="gradcam")
     ap.add_argument("--threads", type=int, default=settings.TORCH_THREADS)
+    ap.add_argument("--backend", default="torch", choices=BACKENDS,
+                    help="run the classifier in PyTorch (default) or ONNX Runtime fp32 / int8 (weights/onnx, "
+                    "see docs/export.md); --cam heatmaps are always computed by PyTorch")
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
     try:
-        load_classifier(args.model)
+        clf = load_classifier(args.model) if args.backend == "torch" else load_backend(args.model, args.backend,
+                                                                                       threads=args.threads)
     except ModelUnavailableError as exc:
         print(exc, file=sys.stderr)
         return 2
@@ -79,7 +92,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     rows, first = [], None
     for f in tqdm(files, desc="predict", unit="image", disable=len(files) < 2, file=sys.stderr, mininterval=5):
-        row, analysis = analyse_path(f, args.model, args.age_group)
+        row, analysis = analyse_path(f, args.model if args.backend == "torch" else clf, args.age_group)
         rows.append(row)
         first = first or analysis  # kept only for --cam (single image); a worklist is not held in memory
     out = open(args.csv, "w", newline="") if args.csv else sys.stdout

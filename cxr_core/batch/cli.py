@@ -34,6 +34,9 @@ def build_parser() -> argparse.ArgumentParser:
                     "(relative paths are resolved against the CSV's folder), or one image file")
     ap.add_argument("--out", required=True, type=Path, help="output folder; nothing is written outside it")
     ap.add_argument("--model", default=settings.DEFAULT_CLASSIFIER, choices=settings.CLASSIFIERS)
+    ap.add_argument("--backend", default="torch", choices=("torch", "onnx", "onnx-int8"),
+                    help="run the classifier in PyTorch (default) or ONNX Runtime fp32 / int8 from weights/onnx "
+                    "(docs/export.md); overlays are always computed by PyTorch; part of model_version")
     ap.add_argument("--address", default=None,
                     help="join an existing Ray cluster: 'auto', 'host:6379' or 'ray://host:10001' "
                     "(default: start Ray in this process with this machine's cores)")
@@ -72,7 +75,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.ship_code and not args.address:
         print("--ship-code needs --address (a local run uses this checkout directly).", file=sys.stderr)
         return 2
-    cfg = BatchConfig(input=args.input, out=args.out, model=args.model, address=args.address, workers=args.workers,
+    cfg = BatchConfig(input=args.input, out=args.out, model=args.model, backend=args.backend,
+                      address=args.address, workers=args.workers,
                       threads=args.threads, num_cpus=args.num_cpus, cam=args.cam, boxes=args.boxes,
                       age_group=args.age_group, include_identifiers=args.include_identifiers,
                       batch_size=args.batch_size, force=args.force, ship_code=args.ship_code,

@@ -59,6 +59,7 @@ class BatchConfig:
     input: str
     out: Path
     model: str = settings.DEFAULT_CLASSIFIER
+    backend: str = "torch"  # or "onnx" / "onnx-int8" (cxr_core.export.backend)
     address: str | None = None
     workers: int | None = None
     threads: int | None = None
@@ -245,8 +246,13 @@ def run_batch(cfg: BatchConfig, *, on_row: Callable[[dict[str, Any]], None] | No
         raise BatchError(f"Unknown age group '{cfg.age_group}'. Known: {', '.join(settings.AGE_GROUPS)}")
     if cfg.batch_size < 1:
         raise BatchError("--batch-size must be at least 1.")
-    clf = load_classifier(cfg.model)  # ModelUnavailableError before Ray starts
-    version = model_version(cfg.model)
+    if cfg.backend == "torch":
+        clf = load_classifier(cfg.model)  # ModelUnavailableError before Ray starts
+    else:
+        from cxr_core.export.backend import load
+
+        clf = load(cfg.model, cfg.backend)  # ValueError (backend), ModelUnavailableError / StaleExportError
+    version = model_version(cfg.model, cfg.backend)
     if cfg.boxes and not settings.DETECTOR_WEIGHTS.is_file():
         raise ModelUnavailableError(f"--boxes needs the detector weights ({settings.DETECTOR_WEIGHTS.name} is missing).")
     kind, items = batch_inputs.resolve_inputs(str(cfg.input))
@@ -297,7 +303,8 @@ def run_batch(cfg: BatchConfig, *, on_row: Callable[[dict[str, Any]], None] | No
                                  override_num_blocks=_blocks(len(items), batch_size, stats.workers))
         ds = ds.map_batches(
             Scorer,
-            fn_constructor_kwargs=dict(model=cfg.model, threads=stats.threads, age_group=cfg.age_group,
+            fn_constructor_kwargs=dict(model=cfg.model, backend=cfg.backend, threads=stats.threads,
+                                       age_group=cfg.age_group,
                                        cam=cfg.cam, boxes=cfg.boxes, include_identifiers=cfg.include_identifiers,
                                        done=sorted(reuse), expected_version=version),
             batch_size=batch_size,
@@ -370,6 +377,7 @@ def run_batch(cfg: BatchConfig, *, on_row: Callable[[dict[str, Any]], None] | No
                 "threads_per_worker": stats.threads, "batch_size": stats.extra.get("batch_size"),
                 "temp_dir": "removed after the run; logs in ray_logs/" if stats.ray_temp else "the cluster's own"},
         "model": cfg.model,
+        "backend": cfg.backend,
         "model_version": version,
         "model_card": report.model_version(clf.card, cfg.model),
         "options": {"cam": cfg.cam, "boxes": cfg.boxes, "age_group": cfg.age_group,

@@ -60,8 +60,11 @@ WORKER_SCHEMA = (RESULT_SCHEMA.append(IDENTIFIERS_FIELD)
                  .append(pa.field("_rss_mb", pa.float64())))
 
 
-def model_version(name: str) -> str:
+def model_version(name: str, backend: str = "torch") -> str:
     """`<name>@<12 hex>`: sha256 over the weights file and the card's decision settings.
+
+    On an ONNX backend `+<backend>@<12 hex of the .onnx file>` follows, so rows scored by another
+    backend are not reused by a resumed run (their probabilities may differ in the last digits).
 
     The card (`report.model_version`) has no weights checksum, and two trainings can share a date
     and code version, so the bytes of `weights/<name>.pt` (which hold the calibration temperature)
@@ -77,7 +80,13 @@ def model_version(name: str) -> str:
             h.update(chunk)
     cal = ((read_card(name) or {}).get("calibration") or {})
     h.update(json.dumps({"abstain_threshold": cal.get("abstain_threshold")}, sort_keys=True).encode())
-    return f"{name}@{h.hexdigest()[:12]}"
+    version = f"{name}@{h.hexdigest()[:12]}"
+    if backend != "torch":
+        from cxr_core.export.backend import onnx_file
+        from cxr_core.export.to_onnx import sha256_file
+
+        version += f"+{backend}@{sha256_file(onnx_file(name, backend))[:12]}"
+    return version
 
 
 def peak_rss_mb() -> float:
@@ -135,6 +144,7 @@ class Scorer:
         self,
         model: str = settings.DEFAULT_CLASSIFIER,
         *,
+        backend: str = "torch",
         threads: int = 1,
         age_group: str | None = None,
         cam: bool = False,
@@ -159,8 +169,13 @@ class Scorer:
         np.random.seed(settings.SEED)
         torch.manual_seed(settings.SEED)
         self.model = model
-        self.classifier = load_classifier(model)
-        self.version = model_version(model)
+        if backend == "torch":
+            self.classifier = load_classifier(model)
+        else:  # ONNX Runtime with this actor's thread count; overlays still use the PyTorch twin
+            from cxr_core.export.backend import load
+
+            self.classifier = load(model, backend, threads=max(1, int(threads)))
+        self.version = model_version(model, backend)
         if expected_version and self.version != expected_version:
             raise RuntimeError(f"This worker's {model} weights are {self.version}, the driver's are "
                                f"{expected_version}; give every node the same weights.")
