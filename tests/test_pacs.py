@@ -491,3 +491,40 @@ def test_pacs_page_search_analyse_send(orthanc, cxr_study, fixed_boxes, monkeypa
     assert not at.exception and not at.error, [e.value for e in at.error]
     assert any("stored in the study" in s.value for s in at.success)
     st.cache_resource.clear()
+
+
+def test_a_dicomweb_query_is_a_batch_input(orthanc, client, cxr_study, monkeypatch) -> None:
+    """`python -m cxr_core.batch "dicomweb+http://...?StudyInstanceUID=..."`: the frontal CR/DX images of
+    the study (not the lateral, not our own SR/SC), each read by WADO in the worker, scored as the app does."""
+    import numpy as np
+
+    from cxr_core import pipeline
+    from cxr_core.batch import inputs as batch_inputs
+    from cxr_core.pacs import batch as pacs_batch
+
+    url, user, password = orthanc
+    monkeypatch.setenv("CXR_PACS_USER", user)
+    monkeypatch.setenv("CXR_PACS_PASSWORD", password)
+    pacs_batch._client.cache_clear()
+    study, files = cxr_study
+    spec = "dicomweb+" + url + f"?StudyInstanceUID={study}"
+    kind, items = batch_inputs.resolve_inputs(spec)
+    assert kind == "dicomweb" and len(items) == 2  # PA and AP; the lateral is out of scope
+    assert all(i.file.startswith(f"dicomweb://{study}/") and password not in i.source for i in items)
+    by_sop = {i.file.rsplit("/", 1)[1]: i for i in items}
+    import pydicom
+
+    for data in (files[0], files[2]):
+        sop = pydicom.dcmread(io.BytesIO(data)).SOPInstanceUID
+        got = batch_inputs.read_source(by_sop[sop].source)
+        a, b = pipeline.analyse(got, classifier="vbreathnet"), pipeline.analyse(data, classifier="vbreathnet")
+        np.testing.assert_allclose(list(a.prediction.probabilities.values()),
+                                   list(b.prediction.probabilities.values()), atol=1e-6)
+    with pytest.raises(batch_inputs.InputError, match="Unknown DICOMweb filter"):
+        batch_inputs.resolve_inputs("dicomweb+" + url + "?Modality=CT")
+    monkeypatch.setenv("CXR_PACS_PASSWORD", "wrong-password-1")
+    pacs_batch._client.cache_clear()
+    with pytest.raises(batch_inputs.InputError) as exc:
+        batch_inputs.resolve_inputs(spec)
+    assert "wrong-password-1" not in str(exc.value)
+    pacs_batch._client.cache_clear()

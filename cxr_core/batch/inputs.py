@@ -11,13 +11,15 @@ Kinds of INPUT (`resolve_inputs`):
   (so `../shared/data/cxr3/manifest.csv` works from anywhere);
 * a single image file.
 
-Extension point for other sources (the DICOMweb query the PACS work adds): register a
-resolver that turns the INPUT string into `InputItem`s whose `source` is a URI with its own
-scheme, and a reader for that scheme, both as "module:function" strings so worker processes
-import them lazily (this module must not import `cxr_core.pacs`):
+* a DICOMweb query, `dicomweb+http(s)://ROOT?PatientID=...&StudyDate=FROM-TO` (cxr_core/pacs/batch.py).
 
-    INPUT_RESOLVERS.insert(0, ("dicomweb", "cxr_core.pacs.batch:resolve"))   # (INPUT) -> list[InputItem] | None
-    READERS["dicomweb"] = "cxr_core.pacs.batch:read"                          # (uri) -> bytes
+Other sources plug in the same way as the DICOMweb one: a resolver that turns the INPUT string
+into `InputItem`s whose `source` is a URI with its own scheme, and a reader for that scheme, both
+as "module:function" strings so worker processes import them lazily (this module imports no
+optional package itself):
+
+    INPUT_RESOLVERS: ("dicomweb", "cxr_core.pacs.batch:resolve")   # (INPUT) -> list[InputItem] | None
+    READERS: {"dicomweb+http": "cxr_core.pacs.batch:read"}         # (uri) -> bytes
 """
 
 from __future__ import annotations
@@ -91,6 +93,7 @@ def _resolve_file(spec: str) -> list[InputItem] | None:
 # Tried in order; the first resolver that does not return None wins. Entries are callables or
 # "module:function" strings (imported on use).
 INPUT_RESOLVERS: list[tuple[str, Callable[[str], list[InputItem] | None] | str]] = [
+    ("dicomweb", "cxr_core.pacs.batch:resolve"),  # dicomweb+http(s)://ROOT?PatientID=...: a PACS query
     ("folder", _resolve_folder),
     ("manifest", _resolve_manifest),
     ("file", _resolve_file),
@@ -111,8 +114,8 @@ def resolve_inputs(spec: str) -> tuple[str, list[InputItem]]:
         if items is not None:
             return kind, items
     if "://" in spec:
-        raise InputError(f"No input kind handles '{spec.split('://', 1)[0]}://' URLs yet "
-                         "(a DICOMweb query input arrives with the PACS work).")
+        raise InputError(f"No input kind handles '{spec.split('://', 1)[0]}://' URLs; a DICOMweb (PACS) query is "
+                         "dicomweb+http://HOST/dicom-web?PatientID=... (see cxr_core/pacs/batch.py).")
     raise InputError(f"{spec} is neither a folder, a manifest CSV with a 'path' column, nor an image file.")
 
 
@@ -142,7 +145,11 @@ def read_file(path: str) -> bytes:
 
 
 # scheme -> reader; "file" covers plain paths. Strings are imported lazily in the worker.
-READERS: dict[str, Callable[[str], bytes] | str] = {"file": read_file}
+READERS: dict[str, Callable[[str], bytes] | str] = {
+    "file": read_file,
+    "dicomweb+http": "cxr_core.pacs.batch:read",  # WADO-RS, credentials from CXR_PACS_USER / _PASSWORD
+    "dicomweb+https": "cxr_core.pacs.batch:read",
+}
 
 
 def read_source(source: str) -> bytes:
