@@ -147,9 +147,12 @@ def test_every_input_has_one_row(batch_runs):
     assert s["model_version"] == model_version(MODEL)
     cols = list(rows[0])
     for c in ("file", "sha256", "p_covid", "p_normal", "p_viral_pneumonia", "predicted", "confidence", "abstained",
-              "reasons", "quality", "boxes", "model", "model_version", "error"):
+              "reasons", "quality", "orientation", "boxes", "model", "model_version", "error"):
         assert c in cols
     assert "identifiers" not in cols  # not asked for
+    read = [r for r in rows if not r["error"]]
+    assert read and all((r["orientation"] or "") == pipeline.orientation_label(pipeline.analyse(
+        r["file"], classifier=MODEL).quality) for r in read[:3])  # what the app's gate read on that film
 
 
 def test_bad_files_carry_their_image_load_error(batch_runs):

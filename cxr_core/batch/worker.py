@@ -43,6 +43,7 @@ RESULT_SCHEMA = pa.schema(
         ("abstained", pa.bool_()),
         ("reasons", pa.string()),
         ("quality", pa.string()),
+        ("orientation", pa.string()),  # upright / rotated 90 / inverted / mirrored (cxr_core.gate.orientation)
         ("age_group", pa.string()),
         ("age_group_option", pa.string()),
         ("boxes", pa.string()),
@@ -226,7 +227,8 @@ class Scorer:
         # exact probabilities (Analysis.row() rounds them for display)
         row.update({f"p_{c}": float(pred.probabilities[c]) for c in settings.CLASSES})
         row.update(predicted=pred.predicted, confidence=float(pred.confidence), abstained=bool(pred.abstained),
-                   reasons=flat["reasons"], quality=flat["quality"], age_group=flat["age_group"] or None)
+                   reasons=flat["reasons"], quality=flat["quality"], orientation=flat["orientation"] or None,
+                   age_group=flat["age_group"] or None)
         if self.include_identifiers:  # "{}" (not null) marks a row made with identifiers requested
             row["identifiers"] = json.dumps(dict(analysis.image.meta.identifiers or {}), sort_keys=True)
         found = None
