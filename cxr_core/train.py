@@ -487,12 +487,7 @@ CONFIG_DEST = {"size": "size", "epochs": "epochs", "batch": "batch", "lr": "lr",
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     """Flags on top of `--config FILE` on top of cxr_core/cfg/classify.yaml (one loader, strict keys)."""
-    pre = argparse.ArgumentParser(add_help=False)
-    pre.add_argument("--config", type=Path, default=None)
-    try:
-        recipe = cfg.load("classify", pre.parse_known_args(argv)[0].config)
-    except cfg.ConfigError as exc:
-        raise SystemExit(str(exc)) from None
+    recipe = cfg.from_argv("classify", argv)
     ap = argparse.ArgumentParser(prog="python -m cxr_core.train", description=__doc__.split("\n\n")[0])
     ap.add_argument("--model", required=True, choices=settings.CLASSIFIERS)
     ap.add_argument("--config", type=Path, default=None,

@@ -124,6 +124,20 @@ def _generic_error(stage: str, exc: BaseException) -> str:
     return f"{INTERNAL_ERROR_PREFIX} ({type(exc).__name__}) during {stage}; it will be retried on the next run."
 
 
+def _attempt(row: dict[str, Any], stage: str, compute: Any) -> Any:
+    """compute(), or None with the row's `error` set: the reader's own message for unusable input,
+    a generic one (exception type only, no detail that could hold content) for anything else."""
+    from cxr_core.io import ImageLoadError
+
+    try:
+        return compute()
+    except ImageLoadError as exc:
+        row["error"] = str(exc)
+    except Exception as exc:
+        row["error"] = _generic_error(stage, exc)
+    return None
+
+
 def empty_row(file: str, sha256: str, model: str, version: str, age_group_option: str) -> dict[str, Any]:
     row: dict[str, Any] = {f.name: None for f in WORKER_SCHEMA}
     row.update(file=file, sha256=sha256, model=model, model_version=version, age_group_option=age_group_option,
@@ -199,29 +213,19 @@ class Scorer:
         from cxr_core import pipeline
 
         row = empty_row(file, "", self.model, self.version, self.age_group or "")
-        try:
-            data = inputs.read_source(source)
-        except pipeline.ImageLoadError as exc:
-            row["error"] = str(exc)
-            return row
-        except Exception as exc:
-            row["error"] = _generic_error("reading", exc)
+        data = _attempt(row, "reading", lambda: inputs.read_source(source))
+        if data is None:
             return row
         row["sha256"] = hashlib.sha256(data).hexdigest()
         if row["sha256"] in self.done:
             row["_skipped"] = True
             return row
-        try:
-            analysis = pipeline.analyse(data, classifier=self.classifier, age_group=self.age_group,
-                                        filename=os.path.basename(file),
-                                        include_identifiers=self.include_identifiers)
-        except pipeline.ImageLoadError as exc:
-            row["error"] = str(exc)
+        analysis = _attempt(row, "analysis", lambda: pipeline.analyse(
+            data, classifier=self.classifier, age_group=self.age_group, filename=os.path.basename(file),
+            include_identifiers=self.include_identifiers))
+        if analysis is None:
             return row
-        except Exception as exc:
-            row["error"] = _generic_error("analysis", exc)
-            return row
-        del data
+        data = None  # the file's bytes are not needed for the layers below
         pred = analysis.prediction
         flat = analysis.row()
         # exact probabilities (Analysis.row() rounds them for display)

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import difflib
 from pathlib import Path
-from typing import Any, Iterable, Mapping
+from typing import Any, Iterable, Mapping, Sequence
 
 import yaml
 
@@ -94,4 +94,17 @@ def load(
     return out
 
 
-__all__ = ["CFG_DIR", "TASKS", "ConfigError", "defaults", "load", "path"]
+def from_argv(task: str, argv: Sequence[str] | None) -> dict[str, Any]:
+    """The recipe a command line asks for: defaults + its `--config FILE`, before the full parse
+    (the CLI's flag defaults come from it). A refused file stops the command with the message."""
+    import argparse
+
+    pre = argparse.ArgumentParser(add_help=False)
+    pre.add_argument("--config", type=Path, default=None)
+    try:
+        return load(task, pre.parse_known_args(argv)[0].config)
+    except ConfigError as exc:
+        raise SystemExit(str(exc)) from None
+
+
+__all__ = ["CFG_DIR", "TASKS", "ConfigError", "defaults", "from_argv", "load", "path"]

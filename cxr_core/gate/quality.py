@@ -319,20 +319,28 @@ def _undo(image: CXRImage | np.ndarray, found: Any) -> CXRImage | np.ndarray:
     return replace(image, pixels=fixed) if isinstance(image, CXRImage) else fixed
 
 
-def _orientation(image: CXRImage | np.ndarray) -> Any:
-    """cxr_core.gate.orientation.check, or None when its weights are missing or it cannot run
-    (a failing check must never make a readable image unusable; logged at DEBUG, no content)."""
-    try:
-        from cxr_core.gate import orientation
+def _model_check(module: str, check: str, image: CXRImage | np.ndarray) -> Any:
+    """`cxr_core.gate.<module>.<check>(image)`, or None when its weights are missing or it cannot run.
 
-        if not orientation.available():
+    A failure of a learnt check must never make a readable image unusable, so any error (also a
+    minimal install without torch) skips it; logged at DEBUG without image content or identifiers."""
+    try:
+        import importlib
+
+        mod = importlib.import_module(f"cxr_core.gate.{module}")
+        if not mod.available():
             return None
-        return orientation.check(image)
+        return getattr(mod, check)(image)
     except Exception as exc:
         import logging
 
-        logging.getLogger(__name__).debug("orientation check skipped: %s", type(exc).__name__)
+        logging.getLogger(__name__).debug("%s check skipped: %s", module, type(exc).__name__)
         return None
+
+
+def _orientation(image: CXRImage | np.ndarray) -> Any:
+    """cxr_core.gate.orientation.check, or None when it cannot run."""
+    return _model_check("orientation", "check", image)
 
 
 def _header_scope(meta: ImageMeta | None) -> list[tuple[str, str, bool]]:
@@ -357,23 +365,8 @@ def _header_scope(meta: ImageMeta | None) -> list[tuple[str, str, bool]]:
 
 
 def _plausibility(image: CXRImage | np.ndarray) -> tuple[bool, float, str] | None:
-    """cxr_core.ood.is_chest_xray, or None when its weights are missing or it cannot run.
-
-    A failure of the check itself must never make a readable image unusable, so any error
-    skips the check (it is logged at DEBUG without image content or identifiers)."""
-    try:
-        from cxr_core.gate import ood
-    except Exception:  # torch / torchvision missing in a minimal install
-        return None
-    try:
-        if not ood.available():
-            return None
-        return ood.is_chest_xray(image)
-    except Exception as exc:
-        import logging
-
-        logging.getLogger(__name__).debug("plausibility check skipped: %s", type(exc).__name__)
-        return None
+    """cxr_core.gate.ood.is_chest_xray (ok, score, why), or None when it cannot run."""
+    return _model_check("ood", "is_chest_xray", image)
 
 
 _TEXT: dict[tuple[str, str], str] = {

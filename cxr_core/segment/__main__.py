@@ -29,12 +29,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     sub = p.add_subparsers(dest="cmd", required=True)
 
     # defaults from cfg/segment.yaml (+ --config FILE); each run's settings are kept per stage in its state
-    pre = argparse.ArgumentParser(add_help=False)
-    pre.add_argument("--config", type=Path, default=None)
-    try:
-        recipe = cfg.load("segment", pre.parse_known_args(argv)[0].config)
-    except cfg.ConfigError as exc:
-        raise SystemExit(str(exc)) from None
+    recipe = cfg.from_argv("segment", argv)
     t = sub.add_parser("train", help="train the U-Net (resumes from RUN_DIR/last.pt)")
     t.add_argument("--config", type=Path, default=None, help="YAML recipe on top of cxr_core/cfg/segment.yaml")
     t.add_argument("--epochs", type=int, default=recipe["epochs"])
