@@ -267,10 +267,10 @@ def orientation_label(quality: QualityReport | None) -> str:
 
 def detector_identity() -> tuple[dict[str, Any] | None, str | None]:
     """(detector card, the label the app shows for it), read from weights/ next to detector.pt."""
-    from cxr_core import dashboard
+    from cxr_core.ui.cards import detector_label, load_detector_files  # card I/O only: no plotly
 
-    files = dashboard.load_detector_files()
-    return files["card"], dashboard.detector_label(files["card"], files["figures"])
+    files = load_detector_files()
+    return files["card"], detector_label(files["card"], files["figures"])
 
 
 def detector_threshold(card: Mapping[str, Any] | None = None) -> float:
