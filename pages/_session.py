@@ -51,7 +51,15 @@ def attempt(compute: Callable[[], Any]) -> tuple[str, Any]:
 
 
 def digest_of(upload: Any) -> str:
-    return hashlib.sha256(upload.getvalue()).hexdigest()
+    """sha256 of the upload's bytes, hashed once per uploaded file and session: every rerun asks
+    for it several times (decode, analysis, correction, worklist), and a DICOM can be 30 MB."""
+    file_id = getattr(upload, "file_id", None)
+    if file_id is None:
+        return hashlib.sha256(upload.getvalue()).hexdigest()
+    memo: dict = st.session_state.setdefault("dx_digests", {})
+    if file_id not in memo:
+        memo[file_id] = hashlib.sha256(upload.getvalue()).hexdigest()
+    return memo[file_id]
 
 
 def age_options(from_header: str | None) -> dict[str, str | None]:

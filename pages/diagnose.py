@@ -6,7 +6,6 @@ session's state); nothing is written to disk or logged.
 
 from __future__ import annotations
 
-import hashlib
 from pathlib import Path
 
 import streamlit as st
@@ -109,7 +108,7 @@ def main() -> None:
     else:
         current = uploads[0]
 
-    digest = hashlib.sha256(current.getvalue()).hexdigest()
+    digest = digest_of(current)
     d_status, image = decoded(current, show_ids)
     if d_status != "ok":
         st.error(f"**{dashboard.md_escape(current.name)}** could not be used: {dashboard.md_escape(image)}",
