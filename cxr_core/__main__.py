@@ -36,11 +36,11 @@ class Mode:
 
 TASKS: dict[str, tuple[str, dict[str, Mode]]] = {
     "classify": ("COVID-19 / Normal / Viral pneumonia classifiers (V-BreathNet and baselines)", {
-        "train": Mode("cxr_core.train:main", "train a classifier on the cxr3 splits (resumable, budgeted)"),
-        "val": Mode("cxr_core.evaluate:main", "score a trained classifier on a split (per source/age, probes)"),
-        "predict": Mode("cxr_core.predict:main", "classify files or folders, one CSV row per image"),
-        "explain": Mode("cxr_core.explain:main", "write a class-activation overlay for one image", ("image",)),
-        "sanity": Mode("cxr_core.explain:main", "heatmap sanity checks (randomisation, deletion)", ("sanity",)),
+        "train": Mode("cxr_core.classify.train:main", "train a classifier on the cxr3 splits (resumable, budgeted)"),
+        "val": Mode("cxr_core.classify.val:main", "score a trained classifier on a split (per source/age, probes)"),
+        "predict": Mode("cxr_core.classify.predict_files:main", "classify files or folders, one CSV row per image"),
+        "explain": Mode("cxr_core.classify.sanity:main", "write a class-activation overlay for one image", ("image",)),
+        "sanity": Mode("cxr_core.classify.sanity:main", "heatmap sanity checks (randomisation, deletion)", ("sanity",)),
         "export": Mode("cxr_core.export.__main__:main", "ONNX (and --int8) export with a checked card (docs/export.md)"),
     }),
     "segment": ("lung segmentation U-Net", {

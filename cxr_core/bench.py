@@ -43,6 +43,7 @@ import torch
 
 from cxr_core import settings
 from cxr_core.provenance import cpu_model
+from cxr_core.timing import Timings, loadavg, stats, time_each
 
 TARGETS = {"pipeline_p50_ms": 1000.0, "forward_vbreathnet_p50_ms": 100.0, "gradcam_over_forward_vbreathnet": 3.0}
 
@@ -50,46 +51,18 @@ TARGETS = {"pipeline_p50_ms": 1000.0, "forward_vbreathnet_p50_ms": 100.0, "gradc
 # --- helpers --------------------------------------------------------------------------------------
 
 
-class Timings(list):
-    """Wall-clock seconds per call, with the process CPU seconds per call in `.cpu`."""
-
-    cpu: list[float]
-
-
-def _stats(times_s: Sequence[float]) -> dict[str, float]:
-    ms = np.asarray(times_s, dtype=float) * 1000.0
-    out = {
-        "p50_ms": round(float(np.percentile(ms, 50)), 3),
-        "p95_ms": round(float(np.percentile(ms, 95)), 3),
-        "mean_ms": round(float(ms.mean()), 3),
-        "n": int(ms.size),
-    }
-    cpu = getattr(times_s, "cpu", None)
-    if cpu:
-        # CPU time of the whole process (all threads) per call: on a machine busy with other work
-        # wall time is inflated by waiting for a core, CPU time much less so.
-        out["cpu_p50_ms"] = round(float(np.percentile(np.asarray(cpu) * 1000.0, 50)), 3)
-    return out
-
-
 _THREADS: list[int] = []  # the thread count asked for; re-applied before every stage
 
 
 def _time_each(fn: Callable[[Any], Any], items: Sequence[Any], warmup: int = 1) -> Timings:
-    for it in items[: max(0, warmup)]:
-        fn(it)
-    if _THREADS and torch.get_num_threads() != _THREADS[0]:
-        # some components call torch.set_num_threads when they load (seen: the detector loader);
-        # the benchmark must time every stage with the thread count it reports
-        torch.set_num_threads(_THREADS[0])
-    out = Timings()
-    out.cpu = []
-    for it in items:
-        c0, t0 = time.process_time(), time.perf_counter()
-        fn(it)
-        out.append(time.perf_counter() - t0)
-        out.cpu.append(time.process_time() - c0)
-    return out
+    """`timing.time_each` with the thread count re-applied after the warm-up: some components call
+    torch.set_num_threads when they load (seen: the detector loader), and every stage must be timed
+    with the thread count the benchmark reports."""
+    def threads() -> None:
+        if _THREADS and torch.get_num_threads() != _THREADS[0]:
+            torch.set_num_threads(_THREADS[0])
+
+    return time_each(fn, items, warmup, before=threads)
 
 
 def _peak_rss_mb() -> float:
@@ -134,9 +107,9 @@ def synthetic_images(n: int, seed: int = settings.SEED, size: int = 512) -> list
 
 
 def real_images(n: int, seed: int = settings.SEED) -> list[bytes]:
-    from cxr_core.explain import _sample_test_images
+    from cxr_core.data import sample_balanced
 
-    return [path.read_bytes() for path, _ in _sample_test_images(n, seed)]
+    return [path.read_bytes() for path, _ in sample_balanced(n, seed)]
 
 
 # --- models ---------------------------------------------------------------------------------------
@@ -181,7 +154,7 @@ def reference_timings(reps: int = 10) -> dict[str, dict[str, float]]:
         net = ctor(weights=None).eval()
         with torch.inference_mode():
             times = _time_each(lambda _: net(x), list(range(reps)), warmup=3)
-        out[name] = _stats(times)
+        out[name] = stats(times)
         del net
     gc.collect()
     return out
@@ -200,14 +173,14 @@ def run_bench(
     progress: bool = False,
     models: Sequence[str] | None = None,
 ) -> dict[str, Any]:
-    from cxr_core.explain import explain
+    from cxr_core.classify.explain import explain
     from cxr_core.io import load_image
     from cxr_core.preprocess import image_to_tensor, stack_standardised, to_model_tensor
 
     t_start = time.time()
     torch.set_num_threads(max(1, threads))
     _THREADS[:] = [max(1, threads)]
-    load_before = os.getloadavg() if hasattr(os, "getloadavg") else None
+    load_before = loadavg()
 
     def log(msg: str) -> None:
         if progress:
@@ -222,17 +195,17 @@ def run_bench(
     stages: dict[str, dict[str, float]] = {}
     skipped: dict[str, str] = {}
 
-    stages["decode"] = _stats(_time_each(lambda b: load_image(b), raw, warmup))
+    stages["decode"] = stats(_time_each(lambda b: load_image(b), raw, warmup))
     images = [load_image(b) for b in raw]
     log("decode done")
 
     quality_mod = _optional("cxr_core.gate.quality")
     assess = getattr(quality_mod, "assess", None) if quality_mod else None
     if assess is not None:  # "quality" includes the not-a-CXR check, as the app runs it
-        stages["quality_metrics"] = _stats(
+        stages["quality_metrics"] = stats(
             _time_each(lambda im: assess(im, check_plausibility=False), images, warmup)
         )
-        stages["quality"] = _stats(_time_each(assess, images, warmup))
+        stages["quality"] = stats(_time_each(assess, images, warmup))
     else:
         skipped["quality"] = "cxr_core.gate.quality.assess is not available"
 
@@ -244,15 +217,15 @@ def run_bench(
         families.setdefault(c.family, c.input_size)
     for fam, size in families.items():  # "preprocess" = the pipeline model's family
         key = "preprocess" if fam == main_clf.family else f"preprocess_{fam}"
-        stages[key] = _stats(_time_each(lambda im, f=fam, s=size: image_to_tensor(im, f, s), images, warmup))
+        stages[key] = stats(_time_each(lambda im, f=fam, s=size: image_to_tensor(im, f, s), images, warmup))
     log("quality/preprocess done")
 
     throughput: dict[str, Any] = {}
     for name, clf in clfs.items():
         xs = [clf.to_input(im) for im in images]
         with torch.inference_mode():
-            stages[f"forward_{name}"] = _stats(_time_each(lambda x, m=clf.model: m(x), xs, warmup))
-        stages[f"gradcam_{name}"] = _stats(_time_each(lambda im, c=clf: explain(c, im), images, warmup))
+            stages[f"forward_{name}"] = stats(_time_each(lambda x, m=clf.model: m(x), xs, warmup))
+        stages[f"gradcam_{name}"] = stats(_time_each(lambda im, c=clf: explain(c, im), images, warmup))
         # batch throughput: standardised batch of `batch` images (repeating the sample if needed)
         b = max(1, batch)
         pix = [images[i % len(images)].pixels for i in range(b)]
@@ -274,7 +247,7 @@ def run_bench(
         detect = None
     else:
         try:
-            stages["detector"] = _stats(_time_each(lambda im: detect(im), images, warmup))
+            stages["detector"] = stats(_time_each(lambda im: detect(im), images, warmup))
         except Exception as exc:  # report, don't crash the whole benchmark
             skipped["detector"] = f"detect failed: {type(exc).__name__}: {exc}"
             detect = None
@@ -289,7 +262,7 @@ def run_bench(
         skipped["lungs"] = f"no lung segmentation weights ({lung_weights.name} missing)"
     else:
         try:
-            stages["lungs"] = _stats(_time_each(lambda im: segment(im), images, warmup))
+            stages["lungs"] = stats(_time_each(lambda im: segment(im), images, warmup))
         except Exception as exc:
             skipped["lungs"] = f"segment failed: {type(exc).__name__}: {exc}"
     log("lungs done")
@@ -303,7 +276,7 @@ def run_bench(
         if detect is not None:
             analysis.boxes(conf=settings.DETECTOR_MIN_CONF)
 
-    stages["pipeline"] = _stats(_time_each(pipeline, raw, warmup))
+    stages["pipeline"] = stats(_time_each(pipeline, raw, warmup))
     pipeline_parts = ["decode"] + (["quality"] if assess else []) + ["predict", "gradcam"] + (["detector"] if detect else [])
     log("pipeline done")
 
@@ -354,8 +327,8 @@ def run_bench(
             # the same code runs 3x slower on an AVX2-only CPU than on one with AVX-512/AMX: say which
             "torch_cpu_capability": torch.backends.cpu.get_cpu_capability(),
             "cpu_count": os.cpu_count(),
-            "loadavg_at_start": [round(x, 2) for x in load_before] if load_before else None,
-            "loadavg_at_end": [round(x, 2) for x in os.getloadavg()] if hasattr(os, "getloadavg") else None,
+            "loadavg_at_start": load_before,
+            "loadavg_at_end": loadavg(),
         },
         "warning": (
             f"machine busy: 1-min load average {load_before[0]:.1f} on {os.cpu_count()} CPUs at start; "

@@ -38,6 +38,27 @@ def manifest_rows(split: str | None = None, path: Path | None = None) -> list[di
     return sorted(rows, key=lambda r: r["path"])
 
 
+def sample_balanced(n: int, seed: int = settings.SEED, split: str = "test") -> list[tuple[Path, str]]:
+    """`n` (absolute path, label) pairs of one split, round-robin over the classes, seeded.
+
+    The film sample of the heatmap sanity study and the benchmark: balanced, so a class-specific
+    effect is not hidden by the majority class, and stable for a seed, so reruns compare."""
+    by_label: dict[str, list[dict[str, str]]] = {}
+    for r in manifest_rows(split):
+        by_label.setdefault(r["label"], []).append(r)
+    rng = np.random.default_rng(seed)
+    for lst in by_label.values():
+        rng.shuffle(lst)
+    picked: list[tuple[Path, str]] = []
+    i = 0
+    while len(picked) < n and any(i < len(v) for v in by_label.values()):
+        for label in sorted(by_label):
+            if i < len(by_label[label]) and len(picked) < n:
+                picked.append((settings.CXR3_DIR / by_label[label][i]["path"], label))
+        i += 1
+    return picked
+
+
 def read_manifest(path: Path = settings.CXR3_MANIFEST) -> pd.DataFrame:
     """Manifest rows with an absolute `file` column; paths in the CSV are relative to it."""
     df = pd.read_csv(path)

@@ -34,7 +34,7 @@ from cxr_core.gate.quality import QualityReport
 
 if TYPE_CHECKING:
     from cxr_core.detect import Box
-    from cxr_core.explain import Heatmap
+    from cxr_core.classify.explain import Heatmap
     from cxr_core.segment import LungMask, Segmenter
 
 Source = Union[bytes, bytearray, memoryview, str, Path, CXRImage]
@@ -109,7 +109,7 @@ class Analysis:
 
         `lungs_only` zeroes the map outside the segmented lungs (runs the lung U-Net once).
         """
-        from cxr_core import explain
+        from cxr_core.classify import explain
 
         if self.classifier is None or self.prediction is None:
             raise ValueError("No classifier was used for this analysis, so there is nothing to explain.")

@@ -22,7 +22,7 @@ import torch
 from cxr_core import settings
 from cxr_core.io import CXRImage
 
-Box = tuple[int, int, int, int]  # x0, y0, x1, y1 in pixels, exclusive end
+Region = tuple[int, int, int, int]  # crop x0, y0, x1, y1 in pixels, exclusive end (a finding is `boxes.Box`)
 
 
 @dataclass(frozen=True)
@@ -54,7 +54,7 @@ def robust_stretch(pixels: np.ndarray, low_pct: float = 1.0, high_pct: float = 9
     return np.clip((pixels - lo) / (hi - lo), 0.0, 1.0).astype(np.float32)
 
 
-def crop(pixels: np.ndarray, box: Box | None) -> np.ndarray:
+def crop(pixels: np.ndarray, box: Region | None) -> np.ndarray:
     if box is None:
         return pixels
     x0, y0, x1, y1 = box
@@ -66,7 +66,7 @@ def crop(pixels: np.ndarray, box: Box | None) -> np.ndarray:
     return pixels[y0:y1, x0:x1]
 
 
-def standardise(pixels: np.ndarray, size: int, box: Box | None = None) -> np.ndarray:
+def standardise(pixels: np.ndarray, size: int, box: Region | None = None) -> np.ndarray:
     """Crop, resize to size x size and stretch intensities; returns uint8 (size, size)."""
     region = crop(np.asarray(pixels, dtype=np.float32), box)
     h, w = region.shape
@@ -89,7 +89,7 @@ def to_model_tensor(batch: np.ndarray | torch.Tensor, family: str) -> torch.Tens
 
 
 def image_to_tensor(
-    image: CXRImage | np.ndarray, family: str, size: int | None = None, box: Box | None = None
+    image: CXRImage | np.ndarray, family: str, size: int | None = None, box: Region | None = None
 ) -> torch.Tensor:
     """One image -> (1, 3, S, S) model input; the path the app, predict and bench use."""
     pixels = image.pixels if isinstance(image, CXRImage) else image

@@ -10,7 +10,8 @@ from pathlib import Path
 
 import streamlit as st
 
-from cxr_core import dashboard, detection, explain, pipeline, settings
+from cxr_core import dashboard, detection, pipeline, settings
+from cxr_core.classify import explain
 from cxr_core.models import read_card
 from pages import _panels as panels
 from pages import _viewer as film_viewer

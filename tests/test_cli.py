@@ -7,6 +7,7 @@ import json
 import shutil
 from pathlib import Path
 
+import numpy as np
 import pytest
 from conftest import cxr3_rows, requires_cxr3
 
@@ -280,3 +281,20 @@ def test_committed_256px_checkpoint_still_loads_into_todays_code() -> None:
     assert state["size"] == 256 and 0 < state["epoch"] == len(state["history"])
     assert state["segments"] and state["segments"][-1]["epoch_to"] == state["epoch"]
     assert sum(f.stat().st_size for f in CHECKPOINT.iterdir()) < 12_000_000
+
+
+def test_temperature_is_the_nll_minimum_even_on_a_tiny_badly_separated_set() -> None:
+    """24 validation logits that LBFGS on log T stepped to NaN with (seen in the budget test): the
+    fitted T must be finite, inside its bounds and no worse than any T on a fine grid."""
+    import torch
+
+    rng = np.random.default_rng(3)
+    y = rng.integers(0, 3, 24)
+    z = torch.as_tensor(rng.normal(0, 0.05, (24, 3)) + 4.0 * np.eye(3)[rng.integers(0, 3, 24)], dtype=torch.float32)
+    t = train.fit_temperature(z, y)
+    assert np.isfinite(t) and 0.05 <= t <= 20.0
+
+    def nll(temp: float) -> float:
+        return float(torch.nn.functional.cross_entropy(z / temp, torch.as_tensor(y)))
+
+    assert nll(t) <= min(nll(g) for g in np.geomspace(0.05, 20.0, 400)) + 1e-6

@@ -21,6 +21,7 @@ from PIL import Image
 
 from conftest import make_dicom
 from cxr_core import settings
+from cxr_core.boxes import Box
 from cxr_core.detect import prepare as P
 
 VINBIG_OK = (settings.VINBIG_DIR / "labels.csv").is_file() and (settings.VINBIG_DIR / "images").is_dir()
@@ -69,12 +70,12 @@ def test_wbf_keeps_non_overlapping_boxes_and_handles_empty():
 
 
 def test_rescale_and_yolo_lines():
-    boxes = [P.LabeledBox(2, 1000, 500, 2000, 1500), P.LabeledBox(1, -10, 2900, 50, 3500)]
+    boxes = [Box(1000, 500, 2000, 1500, class_id=2), Box(-10, 2900, 50, 3500, class_id=1)]
     out = P.rescale_boxes(boxes, orig_size=(3000, 3000), stored_size=(512, 512))
     assert out[0].x0 == pytest.approx(1000 * 512 / 3000)
     assert out[0].y1 == pytest.approx(1500 * 512 / 3000)
     assert out[1].x0 == 0 and out[1].y1 == 512  # clipped to the image
-    line = P.yolo_lines([P.LabeledBox(5, 0, 0, 256, 128)], (512, 256))[0].split()
+    line = P.yolo_lines([Box(0, 0, 256, 128, class_id=5)], (512, 256))[0].split()
     assert line[0] == "5" and [float(v) for v in line[1:]] == pytest.approx([0.25, 0.25, 0.5, 0.5])
 
 
@@ -239,7 +240,7 @@ def _tiny_dataset(root: Path) -> Path:
             rows = tb[tb.image_id == image_id]
             src = settings.TBX11K_DIR / "images" / f"{image_id}.jpg"
             stored = Image.open(src).size
-            boxes = [P.LabeledBox(P.TB_SOURCE_TO_ID[r.source_class], r.x_min, r.y_min, r.x_max, r.y_max)
+            boxes = [Box(r.x_min, r.y_min, r.x_max, r.y_max, class_id=P.TB_SOURCE_TO_ID[r.source_class])
                      for r in rows.itertuples()]
             boxes = P.rescale_boxes(boxes, (rows.orig_width.iloc[0], rows.orig_height.iloc[0]), stored)
             P._link(src, root / "images" / split / f"{image_id}.jpg")

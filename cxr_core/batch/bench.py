@@ -39,19 +39,20 @@ from pathlib import Path
 from typing import Any
 
 from cxr_core import settings
+from cxr_core.timing import loadavg
 
 BATCH_SIZE = 4  # small batches, so the steady rate (rows after the first batch) has a fine time grain
 
 
 def _inputs(n: int, synthetic: bool, work: Path) -> tuple[list[Path], str]:
     """N image files: a seeded sample of the cxr3 test split, or phantoms written under `work`."""
-    import csv
 
     import numpy as np
 
     if not synthetic and settings.CXR3_MANIFEST.is_file():
-        with open(settings.CXR3_MANIFEST, newline="") as fh:
-            rows = sorted((r for r in csv.DictReader(fh) if r["split"] == "test"), key=lambda r: r["path"])
+        from cxr_core.data import manifest_rows
+
+        rows = manifest_rows("test")
         idx = np.random.default_rng(settings.SEED).permutation(len(rows))[:n]
         return [(settings.CXR3_DIR / rows[i]["path"]).resolve() for i in sorted(idx)], "cxr3 test split"
     from PIL import Image
@@ -173,7 +174,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         result: dict[str, Any] = {
             "label": args.label, "n": len(paths), "inputs": source, "model": args.model,
             "machine": {"cpus": cpus, "cpu_model": cpu_model(), "python": platform.python_version()},
-            "load_avg_before": [round(x, 2) for x in os.getloadavg()],
+            "load_avg_before": loadavg(),
             "command": "python -m cxr_core.batch.bench " + " ".join(argv if argv is not None else sys.argv[1:]),
             "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
         }
@@ -189,7 +190,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"{name}: Ray with {workers} actor(s) ...", file=sys.stderr)
             runs[name] = _ray(paths, args.model, workers, cpus, work, name)
         result["runs"] = runs
-        result["load_avg_after"] = [round(x, 2) for x in os.getloadavg()]
+        result["load_avg_after"] = loadavg()
         if "plain" in runs and "ray_2" in runs:
             best = max(runs["plain"]["images_per_s"], runs.get("plain_1thread", {}).get("images_per_s", 0))
             result["ray_2_vs_best_single_process"] = {

@@ -33,7 +33,7 @@ from pathlib import Path
 
 from cxr_core import settings
 from cxr_core.io import ImageLoadError
-from cxr_core.predict import iter_inputs
+from cxr_core.classify.predict_files import iter_inputs
 
 MANIFEST_SUFFIXES = {".csv"}
 

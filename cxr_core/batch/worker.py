@@ -247,7 +247,8 @@ class Scorer:
         return row
 
     def _overlay(self, analysis: Any, found: list | None) -> bytes:
-        from cxr_core import dashboard, explain
+        from cxr_core import dashboard
+        from cxr_core.classify import explain
 
         if self.cam:
             rgb = explain.overlay(analysis.image, analysis.heatmap(), alpha=0.4, fade=True)

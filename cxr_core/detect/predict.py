@@ -11,13 +11,13 @@ import colorsys
 import functools
 import json
 import os
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable
 
 import numpy as np
 
 from cxr_core import settings
+from cxr_core.boxes import Box
 from cxr_core.io import CXRImage
 
 _OFFLINE_SETTINGS = {
@@ -104,20 +104,6 @@ def _restore_pil_open() -> None:
     original = getattr(patches, "_image_open", None)
     if original is not None and Image.open is getattr(patches, "image_open", None):
         Image.open = original
-
-
-@dataclass
-class Box:
-    """One finding in original-image pixel coordinates."""
-
-    x0: float
-    y0: float
-    x1: float
-    y1: float
-    class_id: int
-    label: str
-    confidence: float
-    validated: bool
 
 
 def _card(path: Path) -> dict:

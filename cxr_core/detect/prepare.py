@@ -21,7 +21,6 @@ import json
 import os
 import shutil
 from collections import Counter, defaultdict
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Iterator
 
@@ -29,6 +28,7 @@ import numpy as np
 import pandas as pd
 
 from cxr_core import settings
+from cxr_core.boxes import Box
 
 SPLITS = ("train", "val", "test")
 NO_FINDING_ID = 14  # VinBigData class_id of "No finding" (no box)
@@ -38,23 +38,12 @@ TB_SOURCE_TO_ID = {
 }
 
 
-@dataclass(frozen=True)
-class LabeledBox:
-    """A box in pixel coordinates of some image (which image size is up to the caller)."""
-
-    class_id: int
-    x0: float
-    y0: float
-    x1: float
-    y1: float
-
-
 # --- label transforms ---------------------------------------------------------------------
 
 
 def fuse_radiologists(
     rows: pd.DataFrame, width: int, height: int, iou_thr: float = settings.DETECTOR_WBF_IOU
-) -> list[LabeledBox]:
+) -> list[Box]:
     """Fuse one image's radiologist boxes per class with weighted boxes fusion.
 
     ``rows`` has columns class_id, x_min, y_min, x_max, y_max in original pixels (rows of
@@ -80,15 +69,15 @@ def fuse_radiologists(
         [xyxy.tolist()], [[1.0] * len(xyxy)], [labels.tolist()], iou_thr=iou_thr, skip_box_thr=0.0
     )
     out = [
-        LabeledBox(int(c), float(b[0] * width), float(b[1] * height), float(b[2] * width), float(b[3] * height))
+        Box(float(b[0] * width), float(b[1] * height), float(b[2] * width), float(b[3] * height), class_id=int(c))
         for b, c in zip(boxes, out_labels)
     ]
     return sorted(out, key=lambda b: (b.class_id, b.x0, b.y0))
 
 
 def rescale_boxes(
-    boxes: Iterable[LabeledBox], orig_size: tuple[int, int], stored_size: tuple[int, int]
-) -> list[LabeledBox]:
+    boxes: Iterable[Box], orig_size: tuple[int, int], stored_size: tuple[int, int]
+) -> list[Box]:
     """Map boxes from original pixels (width, height) to the stored image's pixels, clipped."""
     ow, oh = orig_size
     sw, sh = stored_size
@@ -98,11 +87,11 @@ def rescale_boxes(
         x0, x1 = np.clip([b.x0 * fx, b.x1 * fx], 0, sw)
         y0, y1 = np.clip([b.y0 * fy, b.y1 * fy], 0, sh)
         if x1 > x0 and y1 > y0:
-            out.append(LabeledBox(b.class_id, float(x0), float(y0), float(x1), float(y1)))
+            out.append(Box(float(x0), float(y0), float(x1), float(y1), class_id=b.class_id))
     return out
 
 
-def yolo_lines(boxes: Iterable[LabeledBox], size: tuple[int, int]) -> list[str]:
+def yolo_lines(boxes: Iterable[Box], size: tuple[int, int]) -> list[str]:
     """Normalised ``class cx cy w h`` lines for boxes in pixels of an image of ``size`` (w, h)."""
     w, h = size
     lines = []
@@ -172,7 +161,7 @@ class _Summary:
         self.n_background: Counter = Counter()
         self.sources: dict[str, Counter] = defaultdict(Counter)
 
-    def add(self, split: str, source: str, boxes: list[LabeledBox]) -> None:
+    def add(self, split: str, source: str, boxes: list[Box]) -> None:
         self.n_images[split] += 1
         self.sources[split][source] += 1
         if not boxes:
@@ -212,7 +201,7 @@ def _shared_images(src_dir: Path) -> Iterator[tuple[str, pd.DataFrame, Path, str
 def _add_tbx11k(out: Path, tbx_dir: Path, summary: _Summary) -> None:
     for image_id, rows, src, split, orig, stored in _shared_images(tbx_dir):
         boxes = [
-            LabeledBox(TB_SOURCE_TO_ID[r.source_class], r.x_min, r.y_min, r.x_max, r.y_max)
+            Box(r.x_min, r.y_min, r.x_max, r.y_max, class_id=TB_SOURCE_TO_ID[r.source_class])
             for r in rows.itertuples()
             if r.source_class in TB_SOURCE_TO_ID
         ]

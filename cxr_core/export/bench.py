@@ -42,6 +42,7 @@ import numpy as np
 
 from cxr_core import settings
 from cxr_core.export import BACKENDS
+from cxr_core.timing import loadavg
 
 
 def _pct(xs: list[float], q: float) -> float:
@@ -60,10 +61,6 @@ def peak_rss_mb() -> float:
     import resource
 
     return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
-
-
-def _loadavg() -> list[float] | None:
-    return [round(x, 2) for x in os.getloadavg()] if hasattr(os, "getloadavg") else None
 
 
 def interleaved(calls: dict[str, Any], reps: int, warmup: int = 3) -> dict[str, list[float]]:
@@ -301,7 +298,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 "excluded (identical code for every backend). Ratios are to PyTorch fp32 in this same run.",
         "machine": {"cpus": os.cpu_count(), "cpu_model": cpu_model(), "python": platform.python_version(),
                     **to_onnx.versions()},
-        "loadavg_before": _loadavg(),
+        "loadavg_before": loadavg(),
         "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "models": {},
     }
@@ -315,7 +312,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         except (ModelUnavailableError, FileNotFoundError) as exc:
             log(f"bench: {name}: {exc}")
             result["models"][name] = {"error": str(exc)}
-    result["loadavg_after"] = _loadavg()
+    result["loadavg_after"] = loadavg()
     text = json.dumps(to_onnx.clean(result), indent=1, allow_nan=False) + "\n"
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)

@@ -223,7 +223,7 @@ def compare(ref_logits: np.ndarray, new_logits: np.ndarray, temperature: float,
 def score(labels: np.ndarray, probs: np.ndarray, threshold: float | None = None) -> dict[str, Any]:
     """accuracy, macro-F1, ECE (evaluate.compute_metrics) and, with a threshold, the share the
     confidence rule answers and their accuracy (evaluate.abstention_summary, no quality gate)."""
-    from cxr_core.evaluate import abstention_summary, compute_metrics
+    from cxr_core.classify.val import abstention_summary, compute_metrics
 
     m = compute_metrics(labels, probs)
     out = {"accuracy": m["accuracy"], "macro_f1": m["macro_f1"], "ece": m["ece"]}

@@ -399,7 +399,8 @@ def overlay_image(
 ) -> np.ndarray:
     """RGB uint8 view as the app draws it: the film, the heatmap (when a classifier ran and
     `heatmap`), the boxes; no banner. A heatmap that cannot be computed is left out."""
-    from cxr_core import dashboard, detection, explain
+    from cxr_core import dashboard, detection
+    from cxr_core.classify import explain
 
     rgb = dashboard.to_rgb(analysis.image.pixels)
     if heatmap and analysis.prediction is not None and analysis.classifier is not None:

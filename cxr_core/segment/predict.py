@@ -12,7 +12,7 @@ import numpy as np
 
 from cxr_core import settings
 from cxr_core.io import CXRImage
-from cxr_core.preprocess import Box
+from cxr_core.preprocess import Region
 from cxr_core.segment.model import Segmenter, letterbox, load_segmenter, unletterbox
 
 
@@ -217,7 +217,7 @@ def lung_plausibility(mask: LungMask | np.ndarray) -> tuple[bool, str]:
     return False, "no pair of lung fields of sensible size and position found"
 
 
-def chest_box(mask: LungMask | np.ndarray, margin: float = settings.LUNG_BOX_MARGIN) -> Box:
+def chest_box(mask: LungMask | np.ndarray, margin: float = settings.LUNG_BOX_MARGIN) -> Region:
     """(x0, y0, x1, y1), exclusive end, always inside the image.
 
     Uses the two largest side-by-side lung fields (specks, a pacemaker pocket or a blob below
@@ -227,7 +227,7 @@ def chest_box(mask: LungMask | np.ndarray, margin: float = settings.LUNG_BOX_MAR
     """
     m = _as_bool(mask)
     h, w = m.shape
-    whole: Box = (0, 0, int(w), int(h))
+    whole: Region = (0, 0, int(w), int(h))
     if h == 0 or w == 0:
         return whole
     fields = lung_fields(m)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import time
+import os
 from pathlib import Path
 from typing import Iterable
 
@@ -10,6 +10,7 @@ import numpy as np
 import torch
 
 from cxr_core import settings
+from cxr_core.timing import loadavg, time_each
 from cxr_core.segment.data import _SOURCE_HEAD, load_split
 from cxr_core.segment.model import Segmenter, load_segmenter, to_input
 from cxr_core.segment.predict import clean_mask, lung_plausibility, segment
@@ -79,23 +80,11 @@ def measure_latency(seg: Segmenter, images: Iterable[np.ndarray], threads: int =
     torch.set_num_threads(threads)
     try:
         imgs = list(images)
-        segment(imgs[0], seg)  # warm-up
-        times, cpu = [], []
-        for _ in range(repeats):
-            for im in imgs:
-                t, c = time.perf_counter(), time.process_time()
-                segment(im, seg)
-                times.append((time.perf_counter() - t) * 1000)
-                cpu.append((time.process_time() - c) * 1000)
+        times = time_each(lambda im: segment(im, seg), imgs * repeats, warmup=1)
     finally:
         torch.set_num_threads(old)
-    arr = np.array(times)
-    try:
-        import os
-
-        load1 = round(os.getloadavg()[0], 2)
-    except OSError:
-        load1 = None
+    arr, cpu = np.array(times) * 1000.0, np.array(times.cpu) * 1000.0
+    load = loadavg()
     return {
         "threads": threads,
         "n": len(arr),
@@ -105,7 +94,7 @@ def measure_latency(seg: Segmenter, images: Iterable[np.ndarray], threads: int =
         # CPU time summed over threads: on a busy shared machine wall time is mostly waiting, and
         # cpu_ms / threads is a lower bound of the wall time on an idle machine.
         "cpu_ms_median": round(float(np.median(cpu)), 1),
-        "load_average_1min": load1,
+        "load_average_1min": load[0] if load else None,
         "cpu_count": os.cpu_count(),
     }
 

@@ -60,7 +60,7 @@ def worklist_csv(rows: Iterable[Mapping[str, Any]]) -> bytes:
 
 def heatmap_caption(heat: Any) -> str:
     """What a heatmap shows (and does not), with the share of it inside the lungs when known."""
-    from cxr_core.explain import METHODS
+    from cxr_core.classify.explain import METHODS
 
     text = (f"Heatmap ({METHODS[heat.method][1]}) for **{class_label(heat.target)}**: warm colours mark the "
             "regions that most raised this class's score. It shows where the model looked, not where disease is.")
@@ -73,7 +73,7 @@ def sanity_note(sanity: Mapping[str, Any] | None, method: str) -> tuple[str, str
     """(level, text) about the sanity check of the heatmap method shown: 'warning' when it failed,
     'info' when this method was never checked, 'ok' when it passed. `sanity` must be that method's own
     result (`explain.sanity_result(model, method)`); a check of another method says nothing here."""
-    from cxr_core.explain import METHODS
+    from cxr_core.classify.explain import METHODS
 
     label = METHODS[method][1] if method in METHODS else str(method)
     if not sanity or (sanity.get("method") not in (None, method)):

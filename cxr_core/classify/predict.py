@@ -15,7 +15,7 @@ import torch
 from cxr_core import settings
 from cxr_core.io import CXRImage
 from cxr_core.models import Classifier, load_classifier
-from cxr_core.preprocess import Box
+from cxr_core.preprocess import Region
 
 if TYPE_CHECKING:
     from cxr_core.gate.quality import QualityReport
@@ -101,7 +101,7 @@ def predict(
     image: CXRImage,
     clf: Classifier | str = settings.DEFAULT_CLASSIFIER,
     quality: QualityReport | None = None,
-    box: Box | None = None,
+    box: Region | None = None,
     age_group: str | None = None,
 ) -> Prediction:
     """`age_group` defaults to what the DICOM header says (`ImageMeta.age_group`), if anything."""
