@@ -15,6 +15,8 @@ from pathlib import Path
 ROOT: Path = Path(__file__).resolve().parent.parent
 WEIGHTS_DIR: Path = Path(os.environ.get("CXR_WEIGHTS_DIR", ROOT / "weights"))
 WEIGHT_BUDGET_MB: int = 25  # a committed weights file stays under this (git, the 64 MiB device carry)
+# `python -m cxr_core.evaluate --probes --out docs/probes/NAME.json`: read by the comparison page.
+PROBES_DIR: Path = Path(os.environ.get("CXR_PROBES_DIR", ROOT / "docs" / "probes"))
 SHARED_DIR: Path = Path(os.environ.get("CXR_SHARED_DIR", ROOT.parent / "shared"))
 DATA_DIR: Path = SHARED_DIR / "data"
 CXR3_DIR: Path = DATA_DIR / "cxr3"

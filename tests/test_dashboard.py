@@ -422,3 +422,27 @@ def test_comparison_table_has_coverage_and_accuracy_on_answered():
     val = dashboard.comparison_table({"vbreathnet": card}, "val").iloc[0]
     assert val[f"{dashboard.MEASURED}: val coverage (share answered)"] == pytest.approx(0.66)
     assert val[f"{dashboard.MEASURED}: val accuracy on answered"] == pytest.approx(0.98)
+
+
+def test_a_model_with_two_variants_is_one_group_and_the_studied_factor_is_not_a_flaw(weights):
+    """The shipped 256-px V-BreathNet with its 128-px and lung-crop variants: one table, the input size
+    of a size ablation is the factor under study, a different epoch count is still flagged."""
+    write_cards(weights, ("vbreathnet",))
+    (weights / "ablations").mkdir()
+    small = make_card("vbreathnet", acc=0.85)
+    small["display_name"], small["input_size"] = "V-BreathNet 128 px", 64
+    crop = make_card("vbreathnet", acc=0.8)
+    crop["display_name"] = "V-BreathNet + lung crop"
+    crop["preprocessing"] = {"lung_crop": True}
+    (weights / "ablations" / "vbreathnet__128px.json").write_text(json.dumps(small))
+    (weights / "ablations" / "vbreathnet__lungcrop.json").write_text(json.dumps(crop))
+    group = dashboard.ablation_pairs(dashboard.load_cards())["vbreathnet"]
+    assert [dashboard.display_name(n, c) for n, c in group.items()] == [
+        "V-BreathNet", "V-BreathNet 128 px", "V-BreathNet + lung crop"]
+    assert len(dashboard.ablation_table(group)) == 3
+    assert dashboard.ablation_mismatch(group) == []
+    small["training"]["epochs"] = 12
+    (weights / "ablations" / "vbreathnet__128px.json").write_text(json.dumps(small))
+    group = dashboard.ablation_pairs(dashboard.load_cards())["vbreathnet"]
+    assert dashboard.ablation_mismatch(group) == ["V-BreathNet 128 px: training.epochs: 3 vs 12"]
+    assert "not a like-for-like" in dashboard.ablation_choice(group)

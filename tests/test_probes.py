@@ -71,3 +71,47 @@ def test_evaluate_probes_reports_numbers_for_every_probe() -> None:
         assert s["accuracy_drop"] == pytest.approx(out["none"]["accuracy"] - s["accuracy"])
     # the inverted film is a different picture: at least one call changes on nine real films
     assert out["shifts"]["inverted"]["changed_calls"] > 0
+    for s in (out["none"], out["context_only"]):  # what the app answers, quality gate included
+        assert 0 <= s["gate_failed_share"] <= 1 and s["coverage_with_gate"] <= s["coverage"]
+
+
+def test_the_gate_only_removes_answers_and_is_counted_per_film() -> None:
+    y = np.array([0, 1, 2, 0])
+    probs = np.array([[0.95, 0.03, 0.02], [0.1, 0.85, 0.05], [0.02, 0.02, 0.96], [0.1, 0.9, 0.0]])
+    s = probes._with_gate({}, y, probs, 0.9, np.array([True, True, False, True]))
+    # confident: films 0, 2, 3; the gate fails film 2 -> answered 0 (right) and 3 (wrong)
+    assert s["gate_failed_share"] == 0.25 and s["coverage_with_gate"] == 0.5
+    assert s["accuracy_answered_with_gate"] == 0.5
+    none = probes._with_gate({}, y, probs, 0.9, np.zeros(4, bool))
+    assert none["coverage_with_gate"] == 0 and math.isnan(none["accuracy_answered_with_gate"])
+
+
+def _probe_result(ctx_acc: float, ctx_answered: float, drops: dict[str, float]) -> dict:
+    return {"probes": {"chance_accuracy": 1 / 3, "threshold": 0.9,
+                       "none": {"accuracy": 0.9, "coverage": 0.7, "accuracy_answered": 0.97, "n": 600},
+                       "context_only": {"accuracy": ctx_acc, "coverage": ctx_answered, "n": 600},
+                       "shifts": {k: {"accuracy_drop": d, "accuracy": 0.9 - d} for k, d in drops.items()}}}
+
+
+def test_probe_readings_follow_the_measured_numbers(tmp_path, monkeypatch):
+    """The comparison page's probe lines: a model answering on lung-less films is called out, one at
+    chance that stops answering is not; shifts over 5 points are listed, worst first."""
+    import json
+
+    from cxr_core import settings
+    from cxr_core.ui import probes as P
+
+    monkeypatch.setattr(settings, "PROBES_DIR", tmp_path)
+    (tmp_path / "vbreathnet.json").write_text(json.dumps(_probe_result(0.30, 0.57, {"inverted": 0.56, "jpeg_q30": 0.003})))
+    (tmp_path / "mobilenet_v2.json").write_text(json.dumps(_probe_result(0.34, 0.02, {"blur_sigma_2": 0.01})))
+    (tmp_path / "vgg16.json").write_text("not json")  # unreadable: left out, no crash
+    probes = P.load_probes()
+    assert sorted(probes) == ["mobilenet_v2", "vbreathnet"]
+    table = P.probe_table(probes).set_index("Model")
+    assert table.loc["V-BreathNet", "answered, lungs greyed out"] == 0.57
+    assert table.loc["V-BreathNet", "worst shift"] == "inverted"
+    vb, mn = P.readings("vbreathnet", probes["vbreathnet"]), P.readings("mobilenet_v2", probes["mobilenet_v2"])
+    assert "still answers 57%" in vb[0] and "inverted (-56.0 points)" in vb[1] and "jpeg" not in vb[1]
+    assert "no sign that it classifies from outside the lungs" in mn[0]
+    assert "no shift lowers accuracy" in mn[1]
+    assert list(P.shift_table(probes).index) == ["inverted", "jpeg_q30", "blur_sigma_2"]

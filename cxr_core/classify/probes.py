@@ -108,12 +108,26 @@ def _summary(y: np.ndarray, probs: np.ndarray, threshold: float) -> dict[str, fl
             "accuracy_answered": ab["accuracy_answered"], "n": int(len(y))}
 
 
+def _with_gate(summary: dict[str, Any], y: np.ndarray, probs: np.ndarray, threshold: float,
+               passed: np.ndarray) -> dict[str, Any]:
+    """Add what the app would answer: the confidence rule AND the quality gate (which fails films)."""
+    answered = (probs.max(1) >= threshold) & passed
+    summary["gate_failed_share"] = float((~passed).mean()) if len(passed) else float("nan")
+    summary["coverage_with_gate"] = float(answered.mean()) if len(answered) else float("nan")
+    summary["accuracy_answered_with_gate"] = (float((probs.argmax(1)[answered] == y[answered]).mean())
+                                              if answered.any() else float("nan"))
+    return summary
+
+
 def run_probes(clf: Any, images: Sequence[np.ndarray], labels: Sequence[int], threshold: float,
-               lung_masks: Sequence[np.ndarray] | None = None, seed: int = settings.SEED) -> dict[str, Any]:
+               lung_masks: Sequence[np.ndarray] | None = None, seed: int = settings.SEED,
+               gate: Callable[[np.ndarray], bool] | None = None) -> dict[str, Any]:
     """Context-only and shift results for one classifier on working copies of the films.
 
     `clf` is a loaded classifier (`cxr_core.models.load_classifier`); `lung_masks` are boolean masks at
-    the working copies' size (the context-only probe is skipped without them)."""
+    the working copies' size (the context-only probe is skipped without them). With `gate` (True =
+    the film passes the app's quality gate), the as-is and context-only results also say what share
+    the app would answer, gate included: the confidence rule alone answers many lung-less films."""
 
     y = np.asarray(labels, dtype=int)
     variants: dict[str, list[np.ndarray]] = {"none": list(images)}
@@ -130,6 +144,12 @@ def run_probes(clf: Any, images: Sequence[np.ndarray], labels: Sequence[int], th
                 for p in imgs
             ])
     base = _summary(y, probs["none"], threshold)
+    passed = {}
+    if gate is not None:
+        for name in ("none", "context_only"):
+            if name in variants:
+                passed[name] = np.array([bool(gate(p)) for p in tqdm(variants[name], desc=f"gate {name}", mininterval=5)])
+        base = _with_gate(base, y, probs["none"], threshold, passed["none"])
     shifts = {}
     for name in SHIFTS:
         s = _summary(y, probs[name], threshold)
@@ -139,5 +159,8 @@ def run_probes(clf: Any, images: Sequence[np.ndarray], labels: Sequence[int], th
     out: dict[str, Any] = {"working_size": WORKING_SIZE, "threshold": threshold, "none": base, "shifts": shifts,
                            "chance_accuracy": float(np.bincount(y).max() / len(y)) if len(y) else float("nan")}
     if "context_only" in probs:
-        out["context_only"] = _summary(y, probs["context_only"], threshold) | {"lung_dilation": LUNG_DILATION}
+        ctx = _summary(y, probs["context_only"], threshold) | {"lung_dilation": LUNG_DILATION}
+        if "context_only" in passed:
+            ctx = _with_gate(ctx, y, probs["context_only"], threshold, passed["context_only"])
+        out["context_only"] = ctx
     return out

@@ -164,7 +164,10 @@ def probe_files(model_name: str, files: Sequence[str], labels: np.ndarray) -> di
         masks: list[np.ndarray] | None = [lung_task.segment(p, seg).mask for p in tqdm(images, desc="lung masks", mininterval=5)]
     except Exception as e:  # noqa: BLE001 - reported in the output, the shift probes still run
         masks, why = None, f"lung segmenter unavailable: {e}"
-    out = probes.run_probes(clf, images, labels, abstain_threshold(clf), masks)
+    from cxr_core.gate.quality import assess
+
+    out = probes.run_probes(clf, images, labels, abstain_threshold(clf), masks,
+                            gate=lambda p: assess(p).verdict != "fail")
     if masks is None:
         out["context_only_skipped"] = why
     return out

@@ -170,7 +170,9 @@ ABLATIONS_DIR = "ablations"
 
 
 def load_ablations() -> dict[str, dict[str, Any]]:
-    """Ablation model cards (weights/ablations/<model>.json), keyed by model name; pairs with the main card."""
+    """Ablation model cards, keyed by file stem: weights/ablations/<model>.json or <model>__<variant>.json.
+
+    A model may have several variants (input size, lung crop); each is compared with the shipped card."""
     folder = weights_dir() / ABLATIONS_DIR
     out: dict[str, dict[str, Any]] = {}
     for path in sorted(folder.glob("*.json")) if folder.is_dir() else []:
@@ -181,13 +183,17 @@ def load_ablations() -> dict[str, dict[str, Any]]:
 
 
 def ablation_pairs(cards: Mapping[str, Mapping[str, Any] | None]) -> dict[str, dict[str, Mapping[str, Any]]]:
-    """For each ablation, {label: card} for the shipped model and its variant, same split and training."""
-    pairs = {}
-    for name, variant in load_ablations().items():
+    """For each shipped model with variants, {label: card}: the shipped card first, then each variant."""
+    groups: dict[str, dict[str, Mapping[str, Any]]] = {}
+    for stem, variant in load_ablations().items():
+        name = stem.split("__", 1)[0]
         base = cards.get(name)
-        if base:
-            pairs[name] = {f"{name}": base, f"{name} (variant)": variant}
-    return pairs
+        if not base:
+            continue
+        group = groups.setdefault(name, {name: base})
+        label = f"{name} ({stem.split('__', 1)[1]})" if "__" in stem else f"{name} (variant)"
+        group[label] = variant
+    return groups
 
 
 def ablation_table(pair: Mapping[str, Mapping[str, Any]]) -> pd.DataFrame:
@@ -207,17 +213,27 @@ def ablation_table(pair: Mapping[str, Mapping[str, Any]]) -> pd.DataFrame:
 
 ABLATION_RECIPE = (("input_size",), ("mode",), ("training", "epochs"), ("training", "schedule"), ("training", "lr"),
                    ("training", "batch"), ("training", "seed"), ("training", "weight_ema"), ("data", "manifest_sha256"))
+# What an ablation varies on purpose: a difference here is the factor under study, not a flaw.
+ABLATION_FACTORS = (("input_size",), ("preprocessing", "lung_crop"))
 RECIPE_DEFAULTS = {("training", "weight_ema"): 0.0}  # cards written before the field existed
 
 
 def ablation_mismatch(pair: Mapping[str, Mapping[str, Any]]) -> list[str]:
-    """Recipe fields in which the two runs differ: an ablation only means something if these agree."""
-    base, variant = list(pair.values())[:2]
+    """Recipe fields in which a variant's run differs from the shipped one beyond the factor it varies
+    (input size, lung crop): an ablation only means something if the rest agrees. With several
+    variants, each line names the variant."""
+    base, *variants = list(pair.values())
+    labels = list(pair)[1:]
     out = []
-    for keys in ABLATION_RECIPE:
-        a, b = (_get(c, *keys, default=RECIPE_DEFAULTS.get(keys)) for c in (base, variant))
-        if a != b:
-            out.append(f"{'.'.join(keys)}: {a} vs {b}")
+    for label, variant in zip(labels, variants):
+        factors = {keys for keys in ABLATION_FACTORS if _get(base, *keys) != _get(variant, *keys)}
+        for keys in ABLATION_RECIPE:
+            if keys in factors and len(factors) == 1:
+                continue
+            a, b = (_get(c, *keys, default=RECIPE_DEFAULTS.get(keys)) for c in (base, variant))
+            if a != b:
+                line = f"{'.'.join(keys)}: {a} vs {b}"
+                out.append(line if len(variants) == 1 else f"{display_name(label, variant)}: {line}")
     return out
 
 
@@ -229,7 +245,7 @@ def ablation_choice(pair: Mapping[str, Mapping[str, Any]]) -> str | None:
     best = max(scored, key=scored.get)
     others = ", ".join(f"{n} {v:.3f}" for n, v in scored.items() if n != best)
     mismatch = ablation_mismatch(pair)
-    caveat = (f" The two runs differ in more than the crop ({'; '.join(mismatch)}): not a like-for-like comparison."
+    caveat = (f" The runs differ in more than the factor under study ({'; '.join(mismatch)}): not a like-for-like comparison."
               if mismatch else "")
     return f"Default by the rule (higher validation accuracy): **{best}** ({scored[best]:.3f} vs {others}).{caveat}"
 
