@@ -23,10 +23,12 @@ def configure_torch() -> None:
 
 
 @st.cache_resource(show_spinner="Loading the classifier...")
-def get_classifier(name: str) -> Any:
-    from cxr_core.models import load_classifier
+def get_classifier(name: str, backend: str = "torch") -> Any:
+    """The classifier on PyTorch or ONNX Runtime (`cxr_core.export.backend.load`; a stale or missing
+    ONNX file raises with a message saying how to export it)."""
+    from cxr_core.export.backend import load
 
-    return load_classifier(name)
+    return load(name, backend)
 
 
 @st.cache_resource(show_spinner="Loading the abnormality detector...")

@@ -42,6 +42,20 @@ def model_sidebar(trained_names: list[str], display_names: dict[str, str]) -> tu
     return model_name, show_ids
 
 
+def backend_sidebar(model_name: str) -> str:
+    """The inference backend: PyTorch, or ONNX Runtime fp32 / int8 where an exported file exists."""
+    from cxr_core.export.backend import available_backends
+
+    labels = {"torch": "PyTorch (fp32)", "onnx": "ONNX Runtime (fp32)", "onnx-int8": "ONNX Runtime (int8)"}
+    options = available_backends(model_name)
+    if len(options) == 1:
+        return options[0]
+    chosen = st.selectbox("Inference backend", [labels[b] for b in options], key="dx_backend",
+                          help="Same weights, same pipeline; int8 trades a little agreement for speed "
+                               "(docs/export.md). Heatmaps always come from the PyTorch model.")
+    return next(b for b in options if labels[b] == chosen)
+
+
 def quality_panel(quality: Any) -> None:
     st.subheader("Image quality")
     if quality is not None:

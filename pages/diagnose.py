@@ -12,6 +12,7 @@ import streamlit as st
 
 from cxr_core import dashboard, detection, pipeline, settings
 from cxr_core.classify import explain
+from cxr_core.export.backend import heatmap_note
 from cxr_core.models import read_card
 from pages import _panels as panels
 from pages import _viewer as film_viewer
@@ -49,6 +50,7 @@ def main() -> None:
 
     with st.sidebar:
         model_name, show_ids = panels.model_sidebar(trained_names, display_names)
+        backend = panels.backend_sidebar(model_name) if model_name in trained_names else "torch"
 
     if not trained_names:
         st.warning(
@@ -86,7 +88,7 @@ def main() -> None:
             clf_for_list = None
             if model_name in trained_names:
                 try:
-                    clf_for_list = get_classifier(model_name)
+                    clf_for_list = get_classifier(model_name, backend)
                 except Exception:  # the single-image view below says why
                     clf_for_list = None
             rows = [{"Reviewed": "yes" if reviewed.get(digest_of(u)) else ""}
@@ -134,7 +136,7 @@ def main() -> None:
     clf, pred_error = None, None
     if model_name in trained_names:
         try:  # get_classifier is cached per process; a model trained later gets a new object (and key)
-            clf = get_classifier(model_name)
+            clf = get_classifier(model_name, backend)
         except Exception as exc:
             pred_error = friendly(exc)
     a_status, analysis = analysed(current, image, clf, model_name, age_group, show_ids)
@@ -219,7 +221,7 @@ def main() -> None:
             if h_status == "ok":
                 heat_value = h_value
                 composite = explain.overlay(composite, h_value.map, alpha, fade=True)
-                st.caption(dashboard.heatmap_caption(h_value))
+                st.caption(dashboard.heatmap_caption(h_value) + " " + (heatmap_note(clf) or ""))
                 level, text = dashboard.sanity_note(explain.sanity_result(prediction.model, heat_method),
                                                     heat_method)
                 if level == "warning":

@@ -98,6 +98,11 @@ def heatmap_note(clf: Any) -> str | None:
     return getattr(clf, "heatmap_note", None)
 
 
+def available_backends(name: str, onnx_dir: Path | None = None) -> list[str]:
+    """'torch' first, then each ONNX backend whose file exists for this model (a page offers only these)."""
+    return ["torch"] + [b for b in BACKENDS if b != "torch" and onnx_file(name, b, onnx_dir).is_file()]
+
+
 def onnx_file(name: str, backend: str, onnx_dir: Path | None = None) -> Path:
     from cxr_core.export.to_onnx import onnx_path
 
