@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import streamlit as st
 
-from cxr_core import dashboard, settings
+from cxr_core import dashboard, settings, stats
 from pages._common import chart, ensure_navigation
 
 ensure_navigation()
@@ -35,16 +35,20 @@ if missing:
 split = st.segmented_control("Evaluation split", ["test", "val"], default="test", key="cmp_split") or "test"
 
 st.subheader("Summary")
-table = dashboard.comparison_table(cards, split)
+table = dashboard.summary_table(cards, split)
 st.table(dashboard.comparison_styler(table))
 st.caption(
     "Params: PyTorch count (the paper counts Keras parameters, which include batch-norm statistics). "
     "ECE: expected calibration error after temperature scaling. Coverage: share of films the model answers "
     "at its abstention threshold (it abstains on the rest); accuracy on answered: accuracy on those films. "
-    "Latency: single-image CPU inference. "
+    f"95 % CI: percentile bootstrap, {stats.N_BOOT:,} resamples of patient groups (all films of a patient drawn together, "
+    "as they are not independent); intervals of coverage and accuracy on answered are computed on the test "
+    "split. Latency: single-image CPU inference. "
     "Shaded columns are **Paper-reported**: measured by the paper's authors on their own data and split, "
     "so they are not directly comparable with ours. — = not available."
 )
+for note in dashboard.ci_notes(cards, split):
+    st.info(note, icon=":material/info:")
 
 devs = dashboard.deviations(cards)
 if devs:
@@ -106,5 +110,5 @@ for name, pair in pairs.items():
     choice = dashboard.ablation_choice(pair)
     if choice:
         (st.warning if dashboard.ablation_mismatch(pair) else st.markdown)(choice)
-    st.table(dashboard.comparison_styler(dashboard.comparison_table(pair, split).drop(columns=["Status"])))
+    st.table(dashboard.comparison_styler(dashboard.summary_table(pair, split).drop(columns=["Status"])))
     st.table(dashboard.styled(dashboard.per_group_table(pair, split)))

@@ -326,8 +326,11 @@ def test_compare_page_with_cards(weights):
     at.switch_page("pages/compare.py").run()
     assert not at.exception, at.exception
     assert "Not trained yet: MobileNetV2, VGG16" in _texts(at, "info")
+    assert "CI not computed for this card: rescore with `python -m cxr_core.train --model densenet121 --rescore`" \
+        in _texts(at, "info")  # the fixture cards hold no intervals
     table = at.table[0].value
     assert "Paper-reported: test accuracy" in table.columns and "Measured here: test accuracy" in table.columns
+    assert list(table["Measured here: test accuracy"][:2]) == ["0.900", "0.880"]  # no CI: the figure alone
     assert list(table["Model"]) == ["V-BreathNet", "DenseNet121", "MobileNetV2", "VGG16"]
     assert "Not faithful to the paper" in _texts(at, "markdown")
     assert "FIXTURE: trained for fewer epochs" in _texts(at, "markdown")

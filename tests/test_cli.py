@@ -57,6 +57,9 @@ def test_train_evaluate_predict_end_to_end(tiny_manifest: Path, isolated: Path, 
     assert any("64 px" in d for d in card["deviations"]) and card["faithful_to_paper"] is False
     assert EVAL_KEYS <= set(card["metrics"]["test"])
     assert card["calibration"]["temperature"] > 0
+    # 95 % intervals by the patient-group bootstrap (the manifest has patient_or_cluster_id)
+    assert set(card["metrics"]["test"]["ci95"]) == {"accuracy", "macro_f1", "ece"}
+    assert len(card["calibration"]["test_coverage_ci95"]) == 2 and "test_accuracy_answered_ci95" in card["calibration"]
 
     # rescore: calibration and metrics recomputed from the saved weights, training record kept
     import torch
@@ -89,6 +92,8 @@ def test_train_evaluate_predict_end_to_end(tiny_manifest: Path, isolated: Path, 
     evaluate.main(["--model", "vbreathnet", "--data", str(tiny_manifest), "--split", "test", "--out", str(out)])
     metrics = json.loads(out.read_text())
     assert set(metrics["per_group"]) == {"source", "age_group"}
+    lo, hi = metrics["ci95"]["accuracy"]
+    assert lo <= metrics["accuracy"] <= hi and metrics["ci95_method"]["n_groups"] == 24
     assert set(metrics["per_group"]["age_group"]) == {"adult", "paediatric"}
     assert metrics["abstention"]["with_age_scope"]["n_answered"] <= metrics["abstention"]["n_answered"]
 

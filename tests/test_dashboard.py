@@ -446,3 +446,56 @@ def test_a_model_with_two_variants_is_one_group_and_the_studied_factor_is_not_a_
     group = dashboard.ablation_pairs(dashboard.load_cards())["vbreathnet"]
     assert dashboard.ablation_mismatch(group) == ["V-BreathNet 128 px: training.epochs: 3 vs 12"]
     assert "not a like-for-like" in dashboard.ablation_choice(group)
+
+
+def _card_with_cis(name: str = "vbreathnet") -> dict:
+    card = make_card(name)
+    card["metrics"]["test"]["ci95"] = {"accuracy": [0.87, 0.925], "macro_f1": [0.86, 0.92], "ece": [0.021, 0.041]}
+    card["metrics"]["val"]["ci95"] = {"accuracy": [0.88, 0.93], "macro_f1": [0.87, 0.925], "ece": [0.02, 0.04]}
+    card["calibration"] |= {"test_coverage": 0.7, "test_accuracy_answered": 0.975, "test_coverage_ci95": [0.66, 0.74],
+                            "test_accuracy_answered_ci95": [0.96, 0.988], "val_coverage_at_threshold": 0.66,
+                            "val_accuracy_answered": 0.98}
+    return card
+
+
+def test_summary_table_shows_each_headline_figure_with_its_interval():
+    cards = {"vbreathnet": _card_with_cis(), "densenet121": make_card("densenet121"), "vgg16": None}
+    table = dashboard.summary_table(cards).set_index("Model")
+    col = lambda m: f"{dashboard.MEASURED}: test {m}"  # noqa: E731
+    vb = table.loc["V-BreathNet"]
+    assert vb[col("accuracy")] == "0.900 (95 % CI 0.870–0.925)"
+    assert vb[col("coverage (share answered)")] == "0.700 (95 % CI 0.660–0.740)"
+    assert vb[col("accuracy on answered")] == "0.975 (95 % CI 0.960–0.988)"
+    assert vb[col("macro-F1")] == "0.890 (95 % CI 0.860–0.920)"
+    assert vb[col("ECE")] == "0.030 (95 % CI 0.021–0.041)"
+    assert table.loc["DenseNet121", col("accuracy")] == "0.900"  # no interval in the card: the figure alone
+    assert table.loc["VGG16", col("accuracy")] == "—"
+    assert vb[f"{dashboard.PAPER}: test accuracy"] == pytest.approx(0.97)  # paper figures: numbers, own columns
+    assert list(table.columns) == list(dashboard.comparison_table(cards).set_index("Model").columns)
+    html = dashboard.comparison_styler(table.reset_index()).to_html()
+    assert "0.900 (95 % CI 0.870–0.925)" in html and "790,307" in html and "0.970" in html
+    # the README's numeric table is unchanged
+    assert dashboard.comparison_table(cards).set_index("Model").loc["V-BreathNet", col("accuracy")] == pytest.approx(0.9)
+    notes = dashboard.ci_notes(cards)
+    assert notes == ["**DenseNet121**: CI not computed for this card: rescore with "
+                     "`python -m cxr_core.train --model densenet121 --rescore`"]
+
+
+def test_missing_intervals_are_named_and_the_rescore_command_exists():
+    from cxr_core.classify import train
+
+    card = _card_with_cis()
+    del card["calibration"]["test_coverage_ci95"], card["calibration"]["test_accuracy_answered_ci95"]
+    assert dashboard.ci_notes({"vbreathnet": card}) == [
+        "**V-BreathNet**: CI not computed for coverage (share answered), accuracy on answered: rescore with "
+        "`python -m cxr_core.train --model vbreathnet --rescore`"]
+    # validation split: the metrics' intervals are in the card, coverage intervals are test-only by design
+    val = dashboard.summary_table({"vbreathnet": card}, "val").iloc[0]
+    assert val[f"{dashboard.MEASURED}: val accuracy"] == "0.910 (95 % CI 0.880–0.930)"
+    assert val[f"{dashboard.MEASURED}: val coverage (share answered)"] == "0.660"
+    assert dashboard.ci_notes({"vbreathnet": card}, "val") == []
+    crop = make_card("mobilenet_v2")
+    crop["data"]["lung_crop"] = True
+    assert dashboard.rescore_command("mobilenet_v2", crop).endswith("--rescore --lung-crop CHEST_BOXES.csv")
+    args = train.parse_args(dashboard.rescore_command("vbreathnet").split()[3:])  # what the note tells users to run
+    assert args.rescore and args.model == "vbreathnet"

@@ -34,7 +34,7 @@ from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from torch.utils.data import DataLoader, Dataset, WeightedRandomSampler
 from tqdm import tqdm
 
-from cxr_core import cfg, settings
+from cxr_core import cfg, settings, stats
 from cxr_core.data import CachedSplit, build_cache, load_split
 from cxr_core.timing import time_each
 from cxr_core.provenance import code_version, cpu_model, sha256_file
@@ -431,6 +431,13 @@ def score(model: nn.Module, family: str, val: CachedSplit, test: CachedSplit) ->
     abstain["test_coverage"] = float(answered.mean())
     abstain["test_accuracy_answered"] = (float((test_cal.argmax(1)[answered] == test.labels[answered]).mean())
                                          if answered.any() else float("nan"))
+    # 95 % intervals of the test abstention figures by the patient-group bootstrap of the metrics' ci95
+    # (cxr_core.stats), as "<key>_ci95" beside each key, when the split knows each film's patient group.
+    if stats.GROUP_COLUMN in test.frame.columns and len(test.labels):
+        t = abstain["abstain_threshold"]
+        cis = stats.bootstrap_cis({"test_coverage": stats.coverage(t), "test_accuracy_answered": stats.accuracy_answered(t)},
+                                  test.labels, test_cal, test.frame[stats.GROUP_COLUMN])
+        abstain |= {f"{k}_ci95": v for k, v in stats.ci_lists(cis).items()}
     before, after = reliability(val.labels, val_raw), reliability(val.labels, val_cal)
     calibration = {
         "temperature": temperature,

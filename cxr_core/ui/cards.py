@@ -155,6 +155,82 @@ def comparison_table(cards: Mapping[str, Mapping[str, Any] | None], split: str =
     return df
 
 
+# Headline columns of the summary table -> where a card keeps the 95 % interval of that figure:
+# ("metrics", key) = card.metrics[split].ci95[key] (classify.val.compute_metrics),
+# ("calibration", key) = card.calibration[key + "_ci95"] (classify.train.score, test split only).
+CI_SOURCES: dict[str, tuple[str, str]] = {
+    "accuracy": ("metrics", "accuracy"),
+    "coverage (share answered)": ("calibration", "coverage"),
+    "accuracy on answered": ("calibration", "accuracy_answered"),
+    "macro-F1": ("metrics", "macro_f1"),
+    "ECE": ("metrics", "ece"),
+}
+CI_LABEL = "95 % CI"
+
+
+def card_ci(card: Mapping[str, Any] | None, split: str, metric: str) -> tuple[float, float] | None:
+    """(lo, hi) of a headline figure (a CI_SOURCES key) from the card, or None when not computed."""
+    where, key = CI_SOURCES[metric]
+    if where == "metrics":
+        pair = _get(split_metrics(card, split), "ci95", key)
+    else:
+        field = COVERAGE_KEYS.get(split, f"{split}_coverage") if key == "coverage" else f"{split}_{key}"
+        pair = _get(card, "calibration", f"{field}_ci95")
+    if not isinstance(pair, (list, tuple)) or len(pair) != 2:
+        return None
+    lo, hi = _num(pair[0]), _num(pair[1])
+    return None if math.isnan(lo) or math.isnan(hi) else (lo, hi)
+
+
+def format_ci(value: Any, ci: tuple[float, float] | None, decimals: int = 3) -> str:
+    """'0.953 (95 % CI 0.936–0.968)'; the bare figure without an interval, '—' without a figure."""
+    v = _num(value)
+    if math.isnan(v):
+        return "—"
+    text = f"{v:.{decimals}f}"
+    return text if ci is None else f"{text} ({CI_LABEL} {ci[0]:.{decimals}f}–{ci[1]:.{decimals}f})"
+
+
+def summary_table(cards: Mapping[str, Mapping[str, Any] | None], split: str = "test") -> pd.DataFrame:
+    """comparison_table for the page: accuracy, coverage, accuracy on answered, macro-F1 and ECE as text,
+    each with its 95 % patient-group bootstrap interval when the card has one (see ci_notes otherwise).
+    The other columns stay numbers; comparison_table itself (the README's table) is unchanged."""
+    df = comparison_table(cards, split)
+    for metric in CI_SOURCES:
+        col = f"{MEASURED}: {split} {metric}"
+        df[col] = [format_ci(v, card_ci(card, split, metric)) for v, card in zip(df[col], cards.values())]
+    return df
+
+
+def rescore_command(name: str, card: Mapping[str, Any] | None = None) -> str:
+    """The command that recomputes a card's metrics (and intervals) from its committed weights, no training."""
+    crop = " --lung-crop CHEST_BOXES.csv" if _get(card, "data", "lung_crop") else ""  # rescore refuses without
+    return f"python -m cxr_core.train --model {name} --rescore{crop}"
+
+
+def ci_notes(cards: Mapping[str, Mapping[str, Any] | None], split: str = "test") -> list[str]:
+    """One line per trained card whose intervals are missing from the summary table, saying how to get them.
+
+    Intervals of coverage and accuracy on answered are computed on the test split only, so on the
+    validation split only the metrics' intervals are expected."""
+    expected = [m for m, (where, _) in CI_SOURCES.items() if split == "test" or where == "metrics"]
+    table = comparison_table(cards, split)
+    out = []
+    for (name, card), (_, row) in zip(cards.items(), table.iterrows()):
+        if not card:
+            continue
+        # a figure the card lacks (e.g. accuracy on answered when nothing was answered) needs no interval
+        missing = [metric for metric in expected if card_ci(card, split, metric) is None
+                   and not math.isnan(_num(row[f"{MEASURED}: {split} {metric}"]))]
+        if not missing:
+            continue
+        none = all(card_ci(card, split, metric) is None for metric in CI_SOURCES)
+        what = "CI not computed for this card" if none else (
+            "CI not computed for " + ", ".join(missing))
+        out.append(f"**{md_escape(display_name(name, card))}**: {what}: rescore with `{rescore_command(name, card)}`")
+    return out
+
+
 def deviations(cards: Mapping[str, Mapping[str, Any] | None]) -> dict[str, list[str]]:
     """Display name -> deviations from the paper, for models whose card says they are not faithful."""
     out: dict[str, list[str]] = {}
@@ -496,6 +572,8 @@ def comparison_styler(df: pd.DataFrame):
     """pandas Styler for the comparison table: number formats, '—' for missing, paper columns shaded."""
     fmt: dict[str, str] = {}
     for c in df.columns:
+        if not pd.api.types.is_numeric_dtype(df[c]):  # text cells (figures with their CI) as they are
+            continue
         if "params" in c:
             fmt[c] = "{:,.0f}"
         elif "(min)" in c or "(ms" in c:
