@@ -65,6 +65,7 @@ from cxr_core.ui.cards import (  # noqa: F401
     split_metrics,
     styled,
     summary_table,
+    versus_statement,
     trained,
     weights_dir,
 )

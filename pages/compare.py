@@ -5,6 +5,7 @@ from __future__ import annotations
 import streamlit as st
 
 from cxr_core import dashboard, settings, stats
+from cxr_core.ui import probes as probe_views
 from pages._common import chart, ensure_navigation
 
 ensure_navigation()
@@ -37,6 +38,9 @@ split = st.segmented_control("Evaluation split", ["test", "val"], default="test"
 st.subheader("Summary")
 table = dashboard.summary_table(cards, split)
 st.table(dashboard.comparison_styler(table))
+versus = dashboard.versus_statement(cards, split=split)
+if versus:
+    st.markdown(f"**{versus}**")
 st.caption(
     "Params: PyTorch count (the paper counts Keras parameters, which include batch-norm statistics). "
     "ECE: expected calibration error after temperature scaling. Coverage: share of films the model answers "
@@ -99,16 +103,31 @@ for i in range(0, len(items), 2):  # two per row, square plots
                         f"{cal.get('abstain_threshold', settings.ABSTAIN_CONFIDENCE)}")
             chart(dashboard.reliability_figure, card, key=f"cmp_rel_{name}", config={"displayModeBar": False})
 
-st.subheader("Ablation: lung crop")
+st.subheader("Ablations: input size and lung crop")
 pairs = dashboard.ablation_pairs(cards)
 if not pairs:
     st.info("No ablation runs in weights/ablations/ yet.")
 for name, pair in pairs.items():
-    st.markdown(f"**{dashboard.display_name(name, cards[name])}**: the shipped model beside a run with every image "
-                "cropped to the lung bounding box from the lung segmenter (`--lung-crop`).")
+    st.markdown(f"**{dashboard.display_name(name, cards[name])}**: the shipped model beside runs that vary one "
+                "factor, the input size (`--size`) or a crop of every image to the lung bounding box from the lung "
+                "segmenter (`--lung-crop`). A warning below lists any other difference between the runs.")
     st.table(dashboard.styled(dashboard.ablation_table(pair)))
     choice = dashboard.ablation_choice(pair)
     if choice:
         (st.warning if dashboard.ablation_mismatch(pair) else st.markdown)(choice)
     st.table(dashboard.comparison_styler(dashboard.summary_table(pair, split).drop(columns=["Status"])))
     st.table(dashboard.styled(dashboard.per_group_table(pair, split)))
+
+st.subheader("What the models read: context-only and acquisition-shift probes")
+probes = probe_views.load_probes()
+if not probes:
+    st.info("No probe results yet: `python -m cxr_core.evaluate --model NAME --split test --probes "
+            "--out docs/probes/NAME.json`.")
+else:
+    st.caption(probe_views.__doc__.split("\n\n")[1].replace("\n", " "))
+    st.table(dashboard.styled(probe_views.probe_table(probes)))
+    for name, result in probes.items():
+        for line in probe_views.readings(name, result):
+            st.markdown(f"- {line}")
+    st.markdown("Accuracy drop per shift (points of accuracy; positive = worse than the film as is):")
+    st.table(dashboard.styled(probe_views.shift_table(probes)))

@@ -515,3 +515,25 @@ def test_onnx_backend_is_offered_when_exported_and_gives_the_same_result(trained
     at.toggle(key="dx_heat").set_value(True).run()
     assert not at.exception, at.exception
     assert "computed by the PyTorch model" in _texts(at, "caption")
+
+
+def test_compare_page_shows_the_probe_readings_and_the_versus_line(weights, monkeypatch, tmp_path):
+    import json
+
+    write_cards(weights, ("vbreathnet", "mobilenet_v2"))
+    probes_dir = tmp_path / "probes"
+    probes_dir.mkdir()
+    monkeypatch.setattr(settings, "PROBES_DIR", probes_dir)
+    at = _app()
+    at.switch_page("pages/compare.py").run()
+    assert not at.exception, at.exception
+    assert "No probe results yet" in _texts(at, "info")
+    assert "MobileNetV2 (" in _texts(at, "markdown") and "in accuracy." in _texts(at, "markdown")
+    result = {"probes": {"chance_accuracy": 1 / 3, "none": {"accuracy": 0.9, "coverage": 0.7},
+                         "context_only": {"accuracy": 0.3, "coverage": 0.57, "coverage_with_gate": 0.02},
+                         "shifts": {"inverted": {"accuracy_drop": 0.5}}}}
+    (probes_dir / "vbreathnet.json").write_text(json.dumps(result))
+    at.run()
+    assert not at.exception, at.exception
+    md = _texts(at, "markdown")
+    assert "still answers 57% of films" in md and "2% would be answered" in md and "inverted (-50.0 points)" in md

@@ -499,3 +499,18 @@ def test_missing_intervals_are_named_and_the_rescore_command_exists():
     assert dashboard.rescore_command("mobilenet_v2", crop).endswith("--rescore --lung-crop CHEST_BOXES.csv")
     args = train.parse_args(dashboard.rescore_command("vbreathnet").split()[3:])  # what the note tells users to run
     assert args.rescore and args.model == "vbreathnet"
+
+
+def test_versus_statement_reads_both_cards_and_their_intervals(weights):
+    write_cards(weights, ("vbreathnet", "mobilenet_v2"))
+    cards = dashboard.load_cards()
+    a, b = (dashboard.split_metrics(cards[n], "test")["accuracy"] for n in ("vbreathnet", "mobilenet_v2"))
+    text = dashboard.versus_statement(cards)
+    verdict = "beats" if a > b else ("ties with" if a == b else "does not beat")
+    assert f"({a:.3f}) {verdict} MobileNetV2 ({b:.3f})" in text and "interval" not in text
+    cards["vbreathnet"]["metrics"]["test"]["ci95"] = {"accuracy": [0.80, 0.95]}
+    cards["mobilenet_v2"]["metrics"]["test"]["ci95"] = {"accuracy": [0.90, 0.97]}
+    assert "overlap, so the difference is not shown" in dashboard.versus_statement(cards)
+    cards["mobilenet_v2"]["metrics"]["test"]["ci95"] = {"accuracy": [0.96, 0.99]}
+    assert "do not overlap" in dashboard.versus_statement(cards)
+    assert dashboard.versus_statement({"vbreathnet": cards["vbreathnet"], "mobilenet_v2": None}) is None

@@ -326,6 +326,28 @@ def ablation_choice(pair: Mapping[str, Mapping[str, Any]]) -> str | None:
     return f"Default by the rule (higher validation accuracy): **{best}** ({scored[best]:.3f} vs {others}).{caveat}"
 
 
+def versus_statement(cards: Mapping[str, Mapping[str, Any] | None], model: str = "vbreathnet",
+                     other: str = "mobilenet_v2", split: str = "test") -> str | None:
+    """One plain sentence: does `model` beat `other` on this split's accuracy, read from the two cards.
+
+    With both cards' 95 % intervals the sentence says whether they overlap (a difference inside
+    overlapping intervals is not shown to be real); None when a card or its accuracy is missing."""
+    a, b = cards.get(model), cards.get(other)
+    acc_a, acc_b = (_num(split_metrics(c, split).get("accuracy")) if c else float("nan") for c in (a, b))
+    if math.isnan(acc_a) or math.isnan(acc_b):
+        return None
+    na, nb = display_name(model, a), display_name(other, b)
+    size = f" at {a.get('input_size')} px" if a.get("input_size") else ""
+    verdict = "beats" if acc_a > acc_b else ("ties with" if acc_a == acc_b else "does not beat")
+    text = f"On the cxr3 {split} split, {na}{size} ({acc_a:.3f}) {verdict} {nb} ({acc_b:.3f}) in accuracy."
+    ci_a, ci_b = (_get(split_metrics(c, split), "ci95", "accuracy") for c in (a, b))
+    if ci_a and ci_b:
+        overlap = ci_a[0] <= ci_b[1] and ci_b[0] <= ci_a[1]
+        text += (" Their 95 % intervals overlap, so the difference is not shown to be real."
+                 if overlap else " Their 95 % intervals do not overlap.")
+    return text
+
+
 def trained(cards: Mapping[str, Mapping[str, Any] | None]) -> dict[str, Mapping[str, Any]]:
     return {n: c for n, c in cards.items() if c}
 
