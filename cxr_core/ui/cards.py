@@ -653,7 +653,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(markdown_table(per_group_table(cards)))
     pairs = ablation_pairs(cards)
     if pairs:
-        print("\n### Ablation: lung crop (shipped model beside a run on images cropped to the segmented lungs)")
+        print("\n### Ablations (shipped model beside runs at another input size or on images cropped to the segmented lungs)")
     for pair in pairs.values():
         print("\n" + markdown_table(ablation_table(pair)))
         print("\n" + (ablation_choice(pair) or ""))
