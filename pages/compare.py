@@ -124,7 +124,7 @@ if not probes:
     st.info("No probe results yet: `python -m cxr_core.evaluate --model NAME --split test --probes "
             "--out docs/probes/NAME.json`.")
 else:
-    st.caption(probe_views.__doc__.split("\n\n")[1].replace("\n", " "))
+    st.caption(probe_views.PROBES_NOTE)
     st.table(dashboard.styled(probe_views.probe_table(probes)))
     for name, result in probes.items():
         for line in probe_views.readings(name, result):

@@ -1,16 +1,7 @@
 """Probe results (docs/probes/<model>.json) -> the comparison page's tables and one-line readings.
 
-The probes ask what a model reads, which in-split accuracy cannot: in cxr3 the classes differ by
-source hospital and age, so a model can score well by reading the film's surroundings. Two probes,
-both written by ``python -m cxr_core.evaluate --model NAME --split test --probes --out
-docs/probes/NAME.json`` (confidence rule only, no quality gate):
-
-* context-only: the lungs (shipped segmenter mask, dilated) replaced by the mean grey of the rest.
-  A model that reads the lungs should fall to chance and stop answering;
-* acquisition shifts that differ between hospitals (gamma, contrast, noise, blur, JPEG, downscale,
-  border crop, burnt-in markers, inversion): the accuracy drop per shift.
-
-The readings are rules on the measured numbers, stated on the page, never hand-written verdicts.
+`PROBES_NOTE` says on the page what the probes ask and how they were made. The readings are rules on
+the measured numbers (the constants below), never hand-written verdicts.
 """
 
 from __future__ import annotations
@@ -21,6 +12,16 @@ import pandas as pd
 
 from cxr_core import settings
 from cxr_core.ui.cards import display_name, read_json
+
+PROBES_NOTE = (
+    "The probes ask what a model reads, which in-split accuracy cannot: in cxr3 the classes differ by source "
+    "hospital and age, so a model can score well by reading the film's surroundings. Context-only: the lungs "
+    "(shipped segmenter mask, dilated) replaced by the mean grey of the rest; a model that reads the lungs should "
+    "fall to chance and stop answering. Acquisition shifts that differ between hospitals (gamma, contrast, noise, "
+    "blur, JPEG, downscale, border crop, burnt-in markers, inversion): the accuracy drop per shift. Made by "
+    "`python -m cxr_core.evaluate --model NAME --split test --probes --out docs/probes/NAME.json` "
+    "(confidence rule only; 'answered by the app' adds the quality gate where it was measured)."
+)
 
 # A model "reads the context" when, with the lungs greyed out, it is clearly above chance or still
 # answers more than this share: 10 % answered on films without lungs is already a shortcut signal.
