@@ -58,6 +58,7 @@ TASKS: dict[str, tuple[str, dict[str, Mode]]] = {
         "figures": Mode("cxr_core.detect.__main__:main", "dataset figures for the detector page", ("figures",)),
         "card": Mode("cxr_core.detect.__main__:main", "write the detector card", ("card",)),
         "export": Mode("cxr_core.detect.__main__:main", "export the trained weights", ("export",)),
+        "operating-point": Mode("cxr_core.detect.__main__:main", "TB box threshold from Normal and TB films (card)", ("operating-point",)),
     }),
     "quality": ("image-quality gate", {
         "check": Mode("cxr_core.gate.quality:main", "quality verdict per file", ("check",)),

@@ -153,7 +153,7 @@ def reference_timings(reps: int = 10) -> dict[str, dict[str, float]]:
     for name, ctor in (("mobilenet_v2", torchvision.models.mobilenet_v2), ("densenet121", torchvision.models.densenet121)):
         net = ctor(weights=None).eval()
         with torch.inference_mode():
-            times = _time_each(lambda _: net(x), list(range(reps)), warmup=3)
+            times = _time_each(lambda _, n=net: n(x), list(range(reps)), warmup=3)
         out[name] = stats(times)
         del net
     gc.collect()
@@ -231,7 +231,7 @@ def run_bench(
         pix = [images[i % len(images)].pixels for i in range(b)]
         xb = to_model_tensor(stack_standardised(pix, clf.input_size), clf.family)
         with torch.inference_mode():
-            bt = _time_each(lambda _, m=clf.model: m(xb), [0, 1, 2], warmup=1)
+            bt = _time_each(lambda _, m=clf.model, x=xb: m(x), [0, 1, 2], warmup=1)
         med = float(np.median(bt))
         throughput[name] = {"batch": b, "batch_ms_p50": round(med * 1000, 1), "images_per_s": round(b / med, 2)}
         log(f"{name} done")

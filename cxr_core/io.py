@@ -66,6 +66,21 @@ class ImageMeta:
     # Coarse band from DICOM PatientAge (settings.AGE_GROUPS), kept even when identifiers are not:
     # the classifier needs it to know whether a call is inside its training population.
     age_group: str | None = None
+    # Real units for the viewer (issue #19). `pixels` came from the modality values v (stored values
+    # after Rescale Slope/Intercept or the Modality LUT) by the linear map v = lo + p * (hi - lo), with
+    # (lo, hi) = value_range: the value shown black (p = 0) and the value shown white (p = 1). It is
+    # reversed (lo > hi) for MONOCHROME1, which is inverted so that dense is bright. None where the
+    # decoder's map is not linear (VOI LUT, sigmoid window) or the film is flat: no real units then.
+    value_range: tuple[float, float] | None = None
+    units: str = ""  # of value_range and window_presets: RescaleType ("HU", "OD", ...); "" = pixel value
+    # (name, centre, width) of every WindowCenter/WindowWidth pair in the DICOM header, in `units`;
+    # names from WindowCenterWidthExplanation, else "Header 1", "Header 2", ...
+    window_presets: tuple[tuple[str, float, float], ...] = ()
+    voi_function: str = "LINEAR"  # the header's VOILUTFunction: how its windows are defined
+    # What the decoder mapped onto 0..1: "header window 1" (linear; "header window 1 (SIGMOID)" etc.
+    # where it has no linear inverse), "VOI LUT", "full range" (min-max stretch), "fixed 8-bit"
+    # (PNG/JPEG/BMP: absolute 0..255 scale) or "" (colour DICOM, by bit depth).
+    voi_applied: str = ""
 
 
 @dataclass(frozen=True)
@@ -385,7 +400,7 @@ def _load_pil(data: bytes, name: str | None, kind: str) -> CXRImage:
     photometric = _photometric_from_mode(mode)
     im = _reduce_large(im)
     arr, channels, colourfulness = _pil_to_gray(im)
-    pixels = _normalise(arr, 8 if bit_depth == 8 else 16)
+    pixels, value_range = _normalise_with_range(arr, 8 if bit_depth == 8 else 16)
     pixels, downscaled = _downscale(pixels)
     meta = ImageMeta(
         format="JPEG" if fmt == "MPO" else fmt,
@@ -396,6 +411,11 @@ def _load_pil(data: bytes, name: str | None, kind: str) -> CXRImage:
         downscaled=downscaled or max(width, height) > max(pixels.shape),
         had_alpha=had_alpha,
         colourfulness=colourfulness,
+        # 8-bit data keeps its absolute 0..255 scale; deeper data is min-max stretched (see
+        # _normalise), so its range is the film's own min..max, not 0..2**bit_depth - 1.
+        value_range=value_range,
+        units="",
+        voi_applied="fixed 8-bit" if bit_depth == 8 else "full range",
     )
     return CXRImage(pixels=pixels, meta=meta, filename=name)
 
@@ -474,15 +494,20 @@ def _pil_to_gray(im: Image.Image) -> tuple[np.ndarray, int, float]:
 def _normalise(arr: np.ndarray, bit_depth: int) -> np.ndarray:
     """Map to [0, 1]. 8-bit keeps its absolute scale; deeper data is min-max stretched because
     12-bit detectors store in 16-bit containers and an absolute /65535 would look black."""
+    return _normalise_with_range(arr, bit_depth)[0]
+
+
+def _normalise_with_range(arr: np.ndarray, bit_depth: int) -> tuple[np.ndarray, tuple[float, float] | None]:
+    """`_normalise`, and the input values that became 0 and 1 (ImageMeta.value_range); None if flat."""
     arr = arr.astype(np.float32, copy=False)
     if not np.isfinite(arr).all():
         arr = np.nan_to_num(arr, nan=0.0, posinf=0.0, neginf=0.0)
     if bit_depth == 8:
-        return np.clip(arr / 255.0, 0.0, 1.0).astype(np.float32, copy=False)
+        return np.clip(arr / 255.0, 0.0, 1.0).astype(np.float32, copy=False), (0.0, 255.0)
     lo, hi = float(arr.min()), float(arr.max())
     if hi <= lo:
-        return np.zeros_like(arr, dtype=np.float32)
-    return ((arr - lo) / (hi - lo)).astype(np.float32)
+        return np.zeros_like(arr, dtype=np.float32), None
+    return ((arr - lo) / (hi - lo)).astype(np.float32), (lo, hi)
 
 
 def _downscale(pixels: np.ndarray) -> tuple[np.ndarray, bool]:
@@ -602,6 +627,8 @@ def _load_dicom_inner(data: bytes, name: str | None, include_identifiers: bool) 
         gray = rgb @ np.array([0.299, 0.587, 0.114], dtype=np.float32)
         full = float(2 ** min(int(ds.get("BitsStored", 8) or 8), 16) - 1)
         pixels = np.clip(gray / full, 0.0, 1.0).astype(np.float32)
+        value_range: tuple[float, float] | None = (0.0, full)
+        voi_applied, units = "", ""
     elif arr.ndim == 2:
         if photometric not in ("MONOCHROME1", "MONOCHROME2"):
             raise ImageLoadError(f"The DICOM photometric interpretation '{photometric}' is not supported.")
@@ -611,11 +638,14 @@ def _load_dicom_inner(data: bytes, name: str | None, include_identifiers: bool) 
             raise ImageLoadError(
                 "The DICOM rescale values (Rescale Slope/Intercept or Modality LUT) are invalid."
             ) from exc
-        pixels = _apply_voi(arr, ds, apply_voi_lut)
+        pixels, value_range, voi_applied = _apply_voi(arr, ds, apply_voi_lut)
+        units = _dicom_units(ds)
     else:
         raise ImageLoadError(f"The DICOM pixel data has an unexpected shape {arr.shape}.")
     if photometric == "MONOCHROME1":
         pixels = 1.0 - pixels  # MONOCHROME1 stores dense tissue dark; models expect it bright
+        if value_range is not None:  # so p = 0 (black) is now the top of the window: the map reverses
+            value_range = (value_range[1], value_range[0])
     pixels, downscaled = _downscale(pixels)
     spacing = ds.get("PixelSpacing") or ds.get("ImagerPixelSpacing")
     pixel_spacing = None
@@ -644,6 +674,11 @@ def _load_dicom_inner(data: bytes, name: str | None, include_identifiers: bool) 
         body_part=_text(ds.get("BodyPartExamined")),
         pixel_spacing=pixel_spacing,
         identifiers=identifiers,
+        value_range=value_range,
+        units=units,
+        window_presets=_header_windows(ds),
+        voi_function=_voi_function(ds),
+        voi_applied=voi_applied,
     )
     return CXRImage(pixels=np.ascontiguousarray(pixels, dtype=np.float32), meta=meta, filename=name)
 
@@ -687,11 +722,14 @@ def _ensure_transfer_syntax(ds) -> None:
         meta.TransferSyntaxUID = pydicom.uid.ImplicitVRLittleEndian
 
 
-def _apply_voi(arr: np.ndarray, ds, apply_voi_lut) -> np.ndarray:
+def _apply_voi(arr: np.ndarray, ds, apply_voi_lut) -> tuple[np.ndarray, tuple[float, float] | None, str]:
     """VOI LUT or window centre/width (pydicom), then scale by the VOI's output range to [0, 1].
 
     Without a VOI the stored range is min-max stretched. An unusable window (e.g. width 0) is
     ignored rather than refused: the full range is still a readable image.
+
+    Returns (pixels, value_range, what was applied): value_range is the pair of modality values that
+    became 0 and 1 (ImageMeta.value_range), None where the map is not linear (LUT, sigmoid).
     """
     arr = np.asarray(arr)
     seq = ds.get("VOILUTSequence")
@@ -704,21 +742,28 @@ def _apply_voi(arr: np.ndarray, ds, apply_voi_lut) -> np.ndarray:
             src = arr if np.issubdtype(arr.dtype, np.integer) else np.rint(arr).astype(np.int64)
             out = np.asarray(apply_voi_lut(src, ds), dtype=np.float32)
             if hi > lo:
-                return np.clip((out - lo) / (hi - lo), 0.0, 1.0).astype(np.float32)
+                return np.clip((out - lo) / (hi - lo), 0.0, 1.0).astype(np.float32), None, "VOI LUT"
         except ImageLoadError:
             raise
         except Exception:
             pass  # broken LUT: fall through to the window or the full range
     if has_window:
         try:
-            out = np.asarray(_windowing(arr, ds), dtype=np.float32)
-            return out
+            out, value_range = _windowing(arr, ds)
+            applied = "header window 1" if value_range is not None else f"header window 1 ({_voi_function(ds)})"
+            return np.asarray(out, dtype=np.float32), value_range, applied
         except Exception:
             pass
-    return _normalise(np.asarray(arr, dtype=np.float32), 16)
+    pixels, value_range = _normalise_with_range(np.asarray(arr, dtype=np.float32), 16)
+    return pixels, value_range, "full range"
 
 
-def _windowing(arr: np.ndarray, ds) -> np.ndarray:
+def _windowing(arr: np.ndarray, ds) -> tuple[np.ndarray, tuple[float, float] | None]:
+    """The header's first window (pydicom), and the modality values it maps to 0 and 1.
+
+    The range follows PS3.3 C.11.2.1.2: LINEAR maps c - 0.5 -/+ (w - 1) / 2 to 0 / 1, LINEAR_EXACT
+    c -/+ w / 2; SIGMOID has no linear inverse (None), nor has a zero-width LINEAR step.
+    """
     from pydicom.dataset import Dataset
     from pydicom.pixels import apply_windowing
 
@@ -733,7 +778,79 @@ def _windowing(arr: np.ndarray, ds) -> np.ndarray:
     if "VOILUTFunction" in ds:
         ctx.VOILUTFunction = ds.VOILUTFunction
     out = apply_windowing(np.asarray(arr, dtype=np.float64), ctx, index=0)
-    return np.clip(out / 65535.0, 0.0, 1.0)
+    # the same centre / width / function that apply_windowing has just used
+    func = str(getattr(ctx, "VOILUTFunction", "LINEAR")).upper()
+    elem_c, elem_w = ctx["WindowCenter"], ctx["WindowWidth"]
+    centre = float(elem_c.value[0] if elem_c.VM > 1 else elem_c.value)
+    width = float(elem_w.value[0] if elem_w.VM > 1 else elem_w.value)
+    value_range: tuple[float, float] | None = None
+    if func == "LINEAR" and width > 1:
+        value_range = (centre - 0.5 - (width - 1) / 2, centre - 0.5 + (width - 1) / 2)
+    elif func == "LINEAR_EXACT":
+        value_range = (centre - width / 2, centre + width / 2)
+    return np.clip(out / 65535.0, 0.0, 1.0), value_range
+
+
+def _as_list(value: Any) -> list[Any]:
+    """A DICOM value of any multiplicity (None, one value, MultiValue) as a list."""
+    if value is None or value == "":
+        return []
+    if isinstance(value, (list, tuple)) or (hasattr(value, "__iter__") and not isinstance(value, (str, bytes))):
+        return list(value)
+    return [value]
+
+
+def _header_windows(ds) -> tuple[tuple[str, float, float], ...]:
+    """Every (name, centre, width) in the header, in modality units; unreadable pairs are skipped.
+
+    WindowCenter/WindowWidth are VM 1-n (alternative views of the same film), named by the
+    optional WindowCenterWidthExplanation; a pair without a name is "Header <n>" (1-based).
+    """
+    try:
+        centres = _as_list(ds.get("WindowCenter"))
+        widths = _as_list(ds.get("WindowWidth"))
+    except Exception:
+        return ()
+    try:
+        names = [str(n).strip() for n in _as_list(ds.get("WindowCenterWidthExplanation"))]
+    except Exception:
+        names = []
+    out: list[tuple[str, float, float]] = []
+    for i, (c, w) in enumerate(zip(centres, widths)):
+        try:
+            centre, width = float(c), float(w)
+        except (TypeError, ValueError):
+            continue
+        if not (np.isfinite(centre) and np.isfinite(width)) or width <= 0:
+            continue
+        name = names[i] if i < len(names) and names[i] else f"Header {i + 1}"
+        out.append((name, centre, width))
+    return tuple(out)
+
+
+def _voi_function(ds) -> str:
+    try:
+        return str(ds.get("VOILUTFunction") or "LINEAR").strip().upper() or "LINEAR"
+    except Exception:
+        return "LINEAR"
+
+
+def _dicom_units(ds) -> str:
+    """Units of the modality values: RescaleType (or the Modality LUT's type); CT defaults to HU.
+
+    "" means the stored pixel value (no rescale, or a rescale of unspecified type, "US").
+    """
+    try:
+        seq = ds.get("ModalityLUTSequence")
+        if seq:
+            kind = _text(seq[0].get("ModalityLUTType"))
+        else:
+            kind = _text(ds.get("RescaleType"))
+            if kind is None and _text(ds.get("Modality")) == "CT" and "RescaleIntercept" in ds:
+                kind = "HU"  # CT Image module: rescaled CT values are Hounsfield units
+    except Exception:
+        return ""
+    return "" if kind is None or kind.upper() == "US" else kind
 
 
 def _text(value: object) -> str | None:

@@ -178,8 +178,11 @@ class Analysis:
         k = orientation.ROTATIONS.index(rotation)
         pixels = orientation.undo(self.image.pixels, k, False, inverted)
         meta = self.image.meta
-        if k % 2:  # a quarter turn swaps width and height of the file as well
-            meta = replace(meta, original_size=(meta.original_size[1], meta.original_size[0]))
+        if k % 2:  # a quarter turn swaps width and height of the file as well (and row/column spacing)
+            meta = replace(meta, original_size=(meta.original_size[1], meta.original_size[0]),
+                           pixel_spacing=meta.pixel_spacing[::-1] if meta.pixel_spacing else None)
+        if inverted and meta.value_range is not None:  # p -> 1 - p: black and white values swap
+            meta = replace(meta, value_range=(meta.value_range[1], meta.value_range[0]))
         done = ([f"rotated back by {rotation} degrees" if rotation != 180 else "turned the right way up"]
                 if rotation else []) + (["made positive again (it was inverted)"] if inverted else [])
         note = ("Corrected before analysis: the film was " + " and ".join(done) + ". Boxes and heatmaps refer "
@@ -274,10 +277,13 @@ def detector_identity() -> tuple[dict[str, Any] | None, str | None]:
 
 
 def detector_threshold(card: Mapping[str, Any] | None = None) -> float:
-    """The detector's operating threshold: best validation F1 on its card, else the settings default."""
+    """The detector's default box threshold: the card's operating point (false positives per Normal film and
+    TB precision, `detect operating-point`), else its best validation F1, else the settings default."""
     if card is None:
         card = detector_identity()[0]
-    return float((card or {}).get("operating_threshold", settings.DETECTOR_CONF))
+    from cxr_core.detect.predict import default_threshold  # the card's operating point (docs/detector.md)
+
+    return default_threshold(dict(card or {}))
 
 
 def analyse(

@@ -117,6 +117,15 @@ DETECTOR_DATA_DIR: Path = CACHE_DIR / "detection" / "yolo"  # prepared YOLO data
 DETECTOR_IMGSZ: int = 512  # only for checkpoints that do not record their training size (cfg/detect.yaml sets it)
 DETECTOR_CONF: float = 0.25  # default display threshold for detect()
 DETECTOR_MIN_CONF: float = 0.05  # lowest threshold the viewer offers; boxes are detected once at it and filtered
+# Targets of the TB box operating point (`python -m cxr_core detect operating-point`, docs/detector.md).
+# The app's default box threshold is the lowest confidence meeting both on the validation films:
+# * at most 0.05 false TB boxes per film labelled Normal (worst of adults and children): a reader who
+#   looks at 20 healthy chests should see at most one spurious TB box, so a box on a chest is worth a look;
+# * at least half of the TB boxes drawn on TB films mark a radiologist's TB lesion (IoU >= 0.5), so a
+#   box is more often right than wrong where TB is present.
+# If no threshold meets both, the false-positive target wins (see detect.operating.choose_operating_point).
+DETECTOR_TARGET_FP_PER_NORMAL_FILM: float = 0.05
+DETECTOR_TARGET_PRECISION: float = 0.5
 DETECTOR_WBF_IOU: float = 0.6  # IoU for fusing radiologists' boxes (weighted boxes fusion)
 DETECTOR_MIN_SUPPORT: int = 10  # test boxes a class needs before its AP counts as validated
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import streamlit as st
 
 from cxr_core import dashboard, settings
+from cxr_core.detect import operating
 from pages._common import chart, ensure_navigation
 
 ensure_navigation()
@@ -43,6 +44,73 @@ st.warning(
     "Diagnose page.",
     icon=":material/science:",
 )
+
+st.subheader("Default box threshold (operating point)")
+op = operating.operating_point(card)
+if op is None:
+    st.info(
+        "The default box threshold is the best-F1 point on TB-positive films only: how many boxes it draws on "
+        "healthy chests has not been measured. Run `python -m cxr_core detect operating-point` to measure it.",
+        icon=":material/info:",
+    )
+else:
+    split = op.get("chosen_on", "val")
+    at = op.get(split) or {}
+    fp = at.get("tb_fp_per_normal_film") or {}
+
+    def _fmt(x, nd=2):
+        return f"{float(x):.{nd}f}" if isinstance(x, (int, float)) else "n/a"
+
+    c = st.columns(5)
+    c[0].metric("Threshold", _fmt(op["threshold"]))
+    c[1].metric("TB precision", _fmt(at.get("tb_precision")), help="Share of TB boxes on TB films that overlap a "
+                "radiologist's TB lesion (IoU at least 0.5), validation films.")
+    c[2].metric("TB recall", _fmt(at.get("tb_recall")), help="Share of radiologists' TB lesions the boxes find.")
+    c[3].metric("TB boxes / Normal film (adult)", _fmt(fp.get("adult"), 3),
+                help="Every TB box on a film labelled Normal is a false positive.")
+    c[4].metric("TB boxes / Normal film (child)", _fmt(fp.get("paediatric"), 3))
+    st.info(op.get("meaning") or operating.meaning_text(op, split), icon=":material/target:")
+    ci = at.get("tb_fp_per_normal_film_ci95") or {}
+    ci_text = "; ".join(f"{label} {_fmt(v[0], 3)}-{_fmt(v[1], 3)}" for key, label in
+                        (("adult", "adult"), ("paediatric", "child")) if isinstance(v := ci.get(key), list))
+    n = at.get("normal_films") or {}
+    st.caption(
+        f"Rule: {op.get('rule', 'lowest threshold meeting both targets')} ({split} split, "
+        f"{n.get('adult', '?')} adult and {n.get('paediatric', '?')} children's Normal films, {at.get('tb_films', '?')} "
+        f"TB films). {op.get('note', '')} The Diagnose page starts its box slider here."
+        + (f" 95 % interval of TB boxes per Normal film: {ci_text}." if ci_text else "")
+    )
+    test = op.get("test") or {}
+    if test:
+        tfp = test.get("tb_fp_per_normal_film") or {}
+        st.caption(
+            f"Test split at the same threshold: TB precision {_fmt(test.get('tb_precision'))}, recall "
+            f"{_fmt(test.get('tb_recall'))}, TB boxes per Normal film {_fmt(tfp.get('adult'), 3)} (adult) and "
+            f"{_fmt(tfp.get('paediatric'), 3)} (child)."
+        )
+    other = op.get("tb_boxes_on_other_labels") or {}
+    share = other.get("films_with_tb_box") or {}
+    if share.get("covid") is not None:
+        st.caption(
+            f"On cxr3 films labelled COVID-19, {100 * float(share['covid']):.0f} % carried a TB box at this threshold "
+            f"(viral pneumonia: {100 * float(share.get('viral_pneumonia') or 0):.0f} %). TB was not ruled out on "
+            "those films, so these boxes are not proven false, but the classifier cannot weigh them: read a TB box "
+            "beside a COVID-19 suggestion as a separate question."
+        )
+    prev = op.get("at_previous_threshold") or {}
+    if prev.get(split):
+        pfp = prev[split].get("tb_fp_per_normal_film") or {}
+        st.caption(
+            f"At the earlier default {_fmt(prev.get('threshold'), 3)} (best F1 on TB films) it drew "
+            f"{_fmt(pfp.get('adult'))} (adult) and {_fmt(pfp.get('paediatric'))} (child) TB boxes per Normal film."
+        )
+    rows = operating.operating_point_table(op)
+    if rows:
+        with st.expander("Precision, recall and boxes per Normal film at other thresholds"):
+            st.dataframe(rows, hide_index=True)
+            st.caption("VinBigData columns: " + str(op.get("vinbig_note", operating.VINBIG_NOTE)) + ". "
+                       + str(op.get("precision_note", "")))
+
 
 def _build(fn, *args):
     """(figure or None, failed?) without letting a malformed file raise."""
@@ -87,6 +155,10 @@ if figures:
             with col:
                 st.subheader(titles[name])
                 st.plotly_chart(built[name][0], key=f"det_{name}", config={"displaylogo": False})
+                if name == "pva":
+                    note = operating.figure_threshold_note(figures, card)
+                    if note:
+                        st.caption(note)
     if any(failed for _, failed in built.values()):
         st.warning("Some figures could not be drawn from `detector_figures.json` (unexpected format).")
     agreement = dashboard.agreement_table(figures) if isinstance(figures.get("radiologist_agreement"), dict) else None

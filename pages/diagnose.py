@@ -174,7 +174,7 @@ def main() -> None:
         meta_items = dashboard.clinical_metadata(image.meta, include_identifiers=show_ids)
         st.caption(" · ".join(f"{k}: **{dashboard.md_escape(v)}**" for k, v in meta_items.items() if k in {"View", "Modality", "Pixel spacing", "Size (w x h)", "Format"}))
 
-        brightness, contrast, inverted, interactive = film_viewer.controls(image.pixels)
+        brightness, contrast, inverted, interactive = film_viewer.controls(image.pixels, image.meta)
 
         l1, l2, l3 = st.columns([1, 1.3, 1.1])
         show_heat = l1.toggle("Heatmap", value=False, key="dx_heat", disabled=prediction is None,
@@ -249,7 +249,7 @@ def main() -> None:
             b1, b2 = st.columns([1, 2])
             det_conf = b1.slider("Box confidence threshold", settings.DETECTOR_MIN_CONF, 0.95,
                                  round(pipeline.detector_threshold(det_card), 2), 0.01, key="dx_box_conf",
-                                 help="Default: the threshold with the best F1 on the detector's validation split.")
+                                 help="Default: the detector card's operating point (see the Detector page).")
             get_detector()  # loaded once per process (with a spinner); the analysis then reuses it
             d_status, d_value = attempt(lambda: analysis.boxes(conf=settings.DETECTOR_MIN_CONF))
             if d_status == "ok":
@@ -262,7 +262,7 @@ def main() -> None:
         notes = analysis.notes(shown_boxes)
 
         with viewer:
-            film_viewer.show_film(base, composite, interactive, image.meta.pixel_spacing)
+            film_viewer.show_film(base, composite, interactive, image.meta.pixel_spacing, meta=image.meta)
             if heat_value is not None:
                 st.plotly_chart(dashboard.heatmap_legend_figure(heat_value.method_label,
                                                                 None if agnostic else heat_value.target_label),

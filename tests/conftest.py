@@ -118,7 +118,6 @@ def make_dicom(
     a tag given as None is deleted. `compress` is a transfer syntax UID passed to ds.compress().
     `raw_tags` stores undecoded bytes as a tag's value (for invalid values pydicom would refuse).
     """
-    import pydicom
     from pydicom.dataset import Dataset, FileMetaDataset
     from pydicom.uid import (
         ExplicitVRLittleEndian,

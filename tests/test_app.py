@@ -152,8 +152,8 @@ def test_upload_png_predicts_and_offers_reports(trained):
     assert len(at.image) == 2, "with a layer on: original and overlay side by side"
     assert "Heatmap sanity check: not checked for Grad-CAM" in _texts(at, "info")  # no sanity file here
     assert at.get("plotly_chart")[-1].proto.spec  # the colour scale beside the heatmap
-    at.selectbox(key="dx_wl_preset").set_value("Lung").run()
-    assert at.slider(key="dx_brightness").value == 0.15 and "centre **0.35**, width **0.69**" in _texts(at, "caption")
+    at.selectbox(key="dx_wl_preset").set_value("Lung (auto, wide)").run()  # 1st-80th percentile of this film
+    assert at.slider(key="dx_brightness").value == 0.06 and "C 112 / W 196 (pixel value)" in _texts(at, "caption")
     at.button(key="dx_wl_reset").click().run()
     assert at.slider(key="dx_brightness").value == 0.0 and at.slider(key="dx_contrast").value == 1.0
     assert "centre **0.50**, width **1.00**" in _texts(at, "caption")

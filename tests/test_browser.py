@@ -11,112 +11,32 @@ from __future__ import annotations
 
 import os
 import shutil
-import socket
-import subprocess
-import sys
 import time
-import urllib.request
 from pathlib import Path
 
 import pytest
 
-from app_fixtures import chest_png_bytes, write_cards, write_detector_files, write_vbreathnet_checkpoint
+from app_fixtures import chest_png_bytes
+from browser_support import Server, make_driver, missing_browser, quit_driver, write_fixture_weights
+from browser_support import click_label as _click_label
+from browser_support import wait_idle as _wait_idle
+from browser_support import wait_text as _wait_text
 
-ROOT = Path(__file__).resolve().parent.parent
-CHROMIUM = os.environ.get("CXR_CHROMIUM", "/usr/bin/chromium")
-CHROMEDRIVER = os.environ.get("CXR_CHROMEDRIVER", "/usr/bin/chromedriver")
-
-pytestmark = [
-    pytest.mark.skipif(os.environ.get("CXR_SKIP_BROWSER") == "1", reason="CXR_SKIP_BROWSER=1"),
-    pytest.mark.skipif(not Path(CHROMIUM).is_file(), reason=f"Chromium not installed at {CHROMIUM} "
-                       "(apt-get install -y chromium chromium-driver)"),
-    pytest.mark.skipif(not Path(CHROMEDRIVER).is_file(), reason=f"chromedriver not installed at {CHROMEDRIVER} "
-                       "(apt-get install -y chromium-driver)"),
-]
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _wait_healthy(url: str, proc: subprocess.Popen, timeout: float = 60) -> None:
-    end = time.time() + timeout
-    while time.time() < end:
-        if proc.poll() is not None:
-            raise RuntimeError(f"streamlit exited with code {proc.returncode}")
-        try:
-            with urllib.request.urlopen(url + "/_stcore/health", timeout=2) as r:
-                if r.status == 200:
-                    return
-        except OSError:
-            pass
-        time.sleep(0.5)
-    raise TimeoutError("streamlit did not become healthy")
+pytestmark = pytest.mark.skipif(missing_browser() is not None, reason=str(missing_browser()))
 
 
 @pytest.fixture
 def server(tmp_path):
-    weights = tmp_path / "weights"
-    weights.mkdir()
-    write_cards(weights, ("vbreathnet",))
-    write_vbreathnet_checkpoint(weights)
-    write_detector_files(weights)
-    port = _free_port()
-    env = dict(os.environ, CXR_WEIGHTS_DIR=str(weights), CXR_TORCH_THREADS="1", PYTHONUNBUFFERED="1")
-    log = open(tmp_path / "streamlit.log", "w")
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "streamlit", "run", str(ROOT / "streamlit_app.py"),
-         "--server.address", "127.0.0.1", "--server.port", str(port), "--server.headless", "true",
-         "--browser.gatherUsageStats", "false", "--server.fileWatcherType", "none"],
-        cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
-    )
-    url = f"http://127.0.0.1:{port}"
-    try:
-        _wait_healthy(url, proc)
-        yield url
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(1)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(5)
-        log.close()
+    weights = write_fixture_weights(tmp_path / "weights")
+    with Server(weights, log_path=tmp_path / "streamlit.log", torch_threads=1) as srv:
+        yield srv.url
 
 
 @pytest.fixture
 def browser(tmp_path):
-    webdriver = pytest.importorskip("selenium.webdriver", reason="selenium is not installed")
-    from selenium.webdriver.chrome.options import Options
-    from selenium.webdriver.chrome.service import Service
-
-    opts = Options()
-    opts.binary_location = CHROMIUM
-    for flag in ("--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                 "--disable-component-update", "--disable-sync", "--no-first-run", "--disable-dev-shm-usage",
-                 "--window-size=1400,1600", f"--user-data-dir={tmp_path / 'chrome-profile'}"):
-        opts.add_argument(flag)
-    driver = webdriver.Chrome(service=Service(CHROMEDRIVER), options=opts)
+    driver = make_driver(tmp_path / "chrome-profile")
     yield driver
-    driver.quit()
-    shutil.rmtree(tmp_path / "chrome-profile", ignore_errors=True)
-
-
-def _wait_text(driver, text: str, timeout: float = 90) -> None:
-    from selenium.webdriver.support.ui import WebDriverWait
-
-    WebDriverWait(driver, timeout, poll_frequency=0.5).until(lambda d: text in d.find_element("tag name", "body").text)
-
-
-def _wait_idle(driver, timeout: float = 60) -> None:
-    """Wait until Streamlit is not running a script (no 'Running...' status widget)."""
-    from selenium.webdriver.support.ui import WebDriverWait
-
-    time.sleep(0.5)
-    WebDriverWait(driver, timeout, poll_frequency=0.5).until(
-        lambda d: not d.find_elements("css selector", '[data-testid="stStatusWidget"]'))
+    quit_driver(driver, tmp_path / "chrome-profile")
 
 
 WIDTH = 1400  # px: the screenshots are taken at this width
@@ -137,14 +57,6 @@ def _shoot(driver, path: Path) -> Path:
         shutil.copy(path, Path(SCREENS) / path.name)
     assert driver.get_window_size()["width"] == WIDTH
     return path
-
-
-def _click_label(driver, text: str) -> None:
-    from selenium.webdriver.common.by import By
-
-    el = next(el for el in driver.find_elements(By.CSS_SELECTOR, "label") if el.text.strip() == text)
-    driver.execute_script("arguments[0].scrollIntoView({block: 'center'});", el)
-    el.click()
 
 
 def test_upload_predict_heatmap_in_chromium(server, browser, tmp_path):

@@ -392,3 +392,300 @@ def test_old_package_name_is_the_same_code() -> None:
     from cxr_core.detection.evaluate import evaluate
 
     assert old is new and Box is predict.Box and evaluate is val.evaluate and old.detect is predict.detect
+
+
+# --- operating point (issue #19): threshold rule, card default, figures, label placement ----------------------
+
+CXR3_OK = settings.CXR3_MANIFEST.is_file()
+
+
+def test_operating_point_is_the_lowest_threshold_meeting_both_targets():
+    from cxr_core.detect.operating import choose_operating_point
+
+    t = [0.5, 0.1, 0.2, 0.3, 0.4]  # unsorted on purpose
+    precision = [None, 0.30, 0.55, 0.60, 0.70]
+    fp = [0.0, 0.50, 0.20, 0.04, 0.01]
+    op = choose_operating_point(t, precision, fp, fp_target=0.05, precision_target=0.5)
+    assert op["threshold"] == 0.3 and op["targets_met"] and op["fp_target_met"]  # 0.2 has precision but too many FP
+    assert "0.05" in op["rule"] and "0.5" in op["rule"]
+    # a looser FP target lets the lower threshold through
+    assert choose_operating_point(t, precision, fp, fp_target=0.25, precision_target=0.5)["threshold"] == 0.2
+
+
+def test_operating_point_falls_back_to_the_false_positive_target():
+    from cxr_core.detect.operating import choose_operating_point
+
+    t = [0.1, 0.2, 0.3, 0.4]
+    low_precision = [0.2, 0.3, 0.4, float("nan")]  # NaN / None (no box left) never meets the precision target
+    op = choose_operating_point(t, low_precision, [0.5, 0.04, 0.02, 0.0], fp_target=0.05, precision_target=0.5)
+    assert op["threshold"] == 0.2 and not op["targets_met"] and op["fp_target_met"]
+    assert "No threshold meets both targets" in op["note"]
+    op = choose_operating_point(t, [0.9] * 4, [0.5, 0.4, 0.3, 0.2], fp_target=0.05, precision_target=0.5)
+    assert op["threshold"] == 0.4 and not op["targets_met"] and not op["fp_target_met"]  # highest of the grid
+    assert "false-positive target" in op["note"]
+    with pytest.raises(ValueError):
+        choose_operating_point([0.1], [0.5, 0.6], [0.0])
+
+
+def test_box_counts_on_normal_and_tb_films_per_threshold():
+    from cxr_core.detect.operating import normal_film_rates, rate_interval, tb_boxes_per_film, tb_precision_recall
+
+    tb, vin = settings.DETECTOR_CLASSES.index("Active tuberculosis"), 3
+    films = [(np.array([0.9, 0.3, 0.2]), np.array([tb, tb, vin])), (np.array([]), np.array([], int)),
+             (np.array([0.15]), np.array([tb + 1]))]
+    r = normal_film_rates(films, [0.1, 0.25, 0.95])
+    assert r["tb_fp_per_film"] == pytest.approx([3 / 3, 2 / 3, 0.0])
+    assert r["films_with_tb_box"] == pytest.approx([2 / 3, 1 / 3, 0.0])
+    assert r["vinbig_boxes_per_film"] == pytest.approx([1 / 3, 0.0, 0.0])
+    assert list(tb_boxes_per_film(films, 0.25)) == [2, 0, 0]
+    lo, hi = rate_interval(np.array([2, 0, 0]))
+    assert 0 <= lo <= 2 / 3 <= hi <= 2
+    pr = tb_precision_recall(np.array([0.9, 0.6, 0.3]), np.array([True, False, True]), 4, [0.2, 0.5, 0.95])
+    assert pr["tb_boxes"] == [3, 2, 0]
+    assert pr["precision"][:2] == pytest.approx([2 / 3, 0.5])
+    assert pr["precision"][2] is None and pr["recall"] == pytest.approx([0.5, 0.25, 0.0])
+
+
+def test_match_predictions_is_the_validators_greedy_matching():
+    from cxr_core.detect.val import match_predictions
+
+    gt = np.array([[0, 0, 10, 10], [20, 20, 30, 30]], np.float32)
+    pred = np.array([[0, 0, 10, 10], [0, 0, 10, 10], [20, 20, 31, 30], [50, 50, 60, 60]], np.float32)
+    tp = match_predictions(pred, [0, 0, 1, 0], gt, [0, 0], (0.5,))[:, 0]
+    assert list(tp) == [True, False, False, False]  # a duplicate is a false positive; classes must agree
+    assert list(match_predictions(pred, [0, 0, 0, 0], gt, [0, 0], (0.5,))[:, 0]) == [True, False, True, False]
+    assert match_predictions(np.zeros((0, 4)), [], gt, [0, 0]).shape == (0, 2)
+
+
+def _card_with_op(threshold=0.31, best_f1=0.082):
+    return {"operating_threshold": best_f1,
+            "operating_point": {"threshold": threshold, "chosen_on": "val", "targets": {"fp_per_normal_film": 0.05,
+                                "precision": 0.5}, "val": {"tb_precision": 0.94, "tb_recall": 0.54,
+                                "tb_fp_per_normal_film": {"adult": 0.048, "paediatric": 0.02}}}}
+
+
+def test_default_box_threshold_comes_from_the_cards_operating_point():
+    from cxr_core import pipeline
+    from cxr_core.detect.predict import default_threshold
+
+    card = _card_with_op()
+    assert default_threshold(card) == 0.31 == pipeline.detector_threshold(card)
+    assert default_threshold({"operating_threshold": 0.082}) == 0.082  # older cards: best F1
+    assert default_threshold({}) == settings.DETECTOR_CONF
+    broken = {"operating_point": {"threshold": "n/a"}, "operating_threshold": 0.2}
+    assert default_threshold(broken) == 0.2
+    assert default_threshold({"operating_point": {"threshold": 0.01}}) == settings.DETECTOR_MIN_CONF
+    assert pipeline.detector_threshold({}) == settings.DETECTOR_CONF
+
+
+@pytest.mark.skipif(not settings.DETECTOR_CARD.is_file(), reason=f"no detector card at {settings.DETECTOR_CARD}")
+def test_shipped_card_operating_point_is_the_apps_default():
+    from cxr_core.detect.predict import default_threshold
+
+    card = json.loads(settings.DETECTOR_CARD.read_text())
+    op = card.get("operating_point")
+    if op is None:
+        pytest.skip("the shipped card has no operating_point yet (python -m cxr_core detect operating-point)")
+    assert default_threshold() == default_threshold(card) == op["threshold"]
+    for split in ("val", "test"):
+        fp = op[split]["tb_fp_per_normal_film"]
+        assert set(fp) == {"adult", "paediatric"} and op[split]["tb_precision"] is not None
+    assert op["command"].startswith("python -m cxr_core detect operating-point")
+    if op["targets_met"]:
+        assert max(op["val"]["tb_fp_per_normal_film"].values()) <= op["targets"]["fp_per_normal_film"]
+        assert op["val"]["tb_precision"] >= op["targets"]["precision"]
+    assert "VinBigData findings were not ruled out" in op["vinbig_note"]
+    assert not any("healthy chests is unmeasured" in line for line in card["limitations"])
+
+
+def test_card_limitation_and_page_rows_from_the_operating_point(tmp_path):
+    from cxr_core.detect import operating as O
+
+    card = tmp_path / "detector.json"
+    card.write_text(json.dumps({"name": "x", "limitations": [
+        "TB from 799 films; it never saw a TB-negative TBX11K image, so its false positive rate on healthy chests "
+        "is unmeasured.", "Research preview."]}))
+    grid_t = [0.05, 0.1, 0.31]
+    rates = {"tb_fp_per_film": [1.0, 0.5, 0.04], "films_with_tb_box": [0.5, 0.3, 0.04],
+             "vinbig_boxes_per_film": [0.0, 0.0, 0.0]}
+    op = _card_with_op()["operating_point"] | {"grid": {"threshold": grid_t, "val": {
+        "tb_films": {"precision": [0.4, 0.6, 0.94], "recall": [0.8, 0.7, 0.54]},
+        "normal_films": {"adult": rates, "paediatric": rates}}}}
+    out = O.write_to_card(op, card)
+    again = json.loads(card.read_text())
+    assert again == out and again["name"] == "x" and again["operating_point"]["threshold"] == 0.31
+    assert "0.048 (adult)" in again["limitations"][0] and "unmeasured" not in again["limitations"][0]
+    assert again["limitations"][1] == "Research preview."
+    rows = O.operating_point_table(again["operating_point"])
+    assert [r["Threshold"] for r in rows] == [0.05, 0.1, 0.31] and rows[-1]["Chosen"] == "yes"
+    assert "per 100 adult films" in O.meaning_text(again["operating_point"])
+    note = O.figure_threshold_note({"predicted_vs_actual": {"threshold": 0.082}}, again)
+    assert note and "0.08" in note and "0.31" in note
+    assert O.figure_threshold_note({"predicted_vs_actual": {"threshold": 0.31}}, again) is None
+
+
+def test_cli_offers_operating_point(capsys):
+    from cxr_core.__main__ import main as top
+    from cxr_core.detect.__main__ import main
+
+    with pytest.raises(SystemExit) as exc:
+        main(["operating-point", "--help"])
+    assert exc.value.code == 0
+    text = capsys.readouterr().out
+    for flag in ("--max-per-group", "--seed", "--fp-target", "--precision-target", "--no-card"):
+        assert flag in text
+    assert top(["detect", "operating-point", "--help"]) == 0
+    assert top(["detect", "--help"]) == 0 and "operating-point" in capsys.readouterr().out
+
+
+@requires_weights
+@pytest.mark.skipif(not (CXR3_OK and TBX_OK), reason="needs the cxr3 manifest and TBX11K in ../shared (set CXR_SHARED_DIR)")
+def test_operating_point_study_runs_the_app_detector_on_a_small_sample(tmp_path):
+    from cxr_core.detect import operating as O
+    from cxr_core.detect.predict import default_threshold
+
+    labels = pd.read_csv(settings.TBX11K_DIR / "labels.csv")
+    keep = sorted(labels.loc[labels["split"] == "val", "image_id"].unique())[:3]
+    tbx = tmp_path / "tbx"
+    (tbx / "images").mkdir(parents=True)
+    labels[labels["image_id"].isin(keep)].to_csv(tbx / "labels.csv", index=False)
+    for i in keep:
+        (tbx / "images" / f"{i}.jpg").symlink_to(settings.TBX11K_DIR / "images" / f"{i}.jpg")
+    res = O.study(splits=("val",), max_per_group=2, tbx_dir=tbx, other_labels=(), progress=False, compare_to=0.082)
+    assert res["val"]["normal_films"] == {"adult": 2, "paediatric": 2} and res["val"]["tb_films"] == 3
+    assert res["threshold"] in res["grid"]["threshold"] and res["seed"] == settings.SEED
+    assert len(res["grid"]["val"]["tb_films"]["precision"]) == len(O.GRID)
+    assert res["at_previous_threshold"]["threshold"] == 0.082
+    assert O.study(splits=("val",), max_per_group=2, tbx_dir=tbx, other_labels=(), progress=False)["grid"] \
+        == res["grid"]  # fixed seed: the same films, the same numbers
+    card = O.write_to_card(res, tmp_path / "detector.json")
+    assert default_threshold(card) == res["threshold"]
+
+
+def _detector_figures():
+    per_class = {name: {"n": 10, "quantile_values": [0.001 * (i + 1), 0.002 * (i + 1), 0.004 * (i + 1),
+                                                      0.008 * (i + 1), 0.02 * (i + 1)]}
+                 for i, name in enumerate(settings.VINBIG_CLASSES)}
+    return {"box_area": {"per_class": per_class},
+            "tbx11k": {"class": list(settings.TB_CLASSES), "boxes": [900, 200], "images": [600, 150],
+                       "area_quantile_values": [[0.01, 0.02, 0.03, 0.05, 0.1], [0.005, 0.01, 0.02, 0.03, 0.06]]},
+            "predicted_vs_actual": {"split": "test", "n_images": 87, "threshold": 0.31,
+                                    "class": list(settings.DETECTOR_CLASSES), "actual_boxes": [0] * 14 + [105, 25],
+                                    "predicted_boxes": [0] * 14 + [82, 0]}}
+
+
+@pytest.mark.parametrize("source", ["constructed", "shipped"])
+def test_detector_page_figures_are_labelled_and_apart(source):
+    from cxr_core import dashboard
+
+    if source == "shipped":
+        path = settings.WEIGHTS_DIR / "detector_figures.json"
+        if not path.is_file():
+            pytest.skip(f"no {path}")
+        figures = json.loads(path.read_text())
+    else:
+        figures = _detector_figures()
+    area = dashboard.box_area_figure(figures)
+    names = [t.name for t in area.data]
+    assert names == list(settings.DETECTOR_CLASSES)  # one box trace per class, 14 VinBigData + 2 TB
+    assert all(t.type == "box" and list(t.x) == [t.name] for t in area.data)  # each at its own labelled slot
+    assert area.layout.xaxis.type == "category" and area.layout.xaxis.title.text.startswith("class")
+    assert area.layout.yaxis.title.text.startswith("box area") and area.layout.yaxis.type == "log"
+    pva = dashboard.predicted_vs_actual_figure(figures)
+    assert [t.name for t in pva.data] == ["radiologists (actual)", "detector (predicted)"]
+    assert pva.layout.xaxis.title.text.startswith("boxes (test split")
+    assert pva.layout.legend.orientation == "h" and pva.layout.legend.y >= 1.0  # above the plot, off the axis titles
+    for fig in (area, pva):
+        t = fig.layout.title
+        assert t.text and t.yanchor == "top" and t.y >= 0.95 and t.pad.t >= 30  # below the toolbar's row
+        assert fig.layout.margin.t >= 60
+
+
+def test_label_tags_stay_inside_the_image_and_apart():
+    from cxr_core.detect.predict import label_layout
+
+    w, h = 300, 200
+    anchors = [(5, 2, 100, 80)] * 6 + [(280, 190, 299, 199), (-50, -40, 20, 10), (0, 0, 299, 199)]
+    sizes = [(90, 14)] * 6 + [(120, 14), (60, 14), (400, 14)]  # the last one is wider than the image
+    spots = label_layout(anchors, sizes, (w, h))
+    rects = [(x, y, lw, lh) for (x, y), (lw, lh) in zip(spots, sizes)]
+    for x, y, lw, lh in rects:
+        assert 0 <= x and 0 <= y and y + lh <= h and (x + lw <= w or x == 0)
+    fitting = rects[:8]  # every tag that fits the image is apart from every other
+    for i, a in enumerate(fitting):
+        for b in fitting[i + 1:]:
+            assert a[0] + a[2] <= b[0] or b[0] + b[2] <= a[0] or a[1] + a[3] <= b[1] or b[1] + b[3] <= a[1], (a, b)
+    assert spots[0] == (5, 2)  # no room above: inside the box's top edge
+
+
+def test_draw_boxes_keeps_labels_in_a_small_image():
+    from cxr_core.detect import Box, class_colour, draw_boxes
+
+    rgb = np.zeros((64, 80, 3), np.uint8)
+    boxes = [Box(-10, -10, 40, 30, 14, "Active tuberculosis", 0.91, True),
+             Box(0, 0, 40, 30, 15, "Obsolete tuberculosis", 0.5, True),
+             Box(70, 60, 200, 200, 3, "Cardiomegaly", 0.3, False)]
+    out = draw_boxes(rgb, boxes)
+    assert out.shape == rgb.shape
+    for b in boxes:  # each tag's colour is on the image
+        assert (out.reshape(-1, 3) == class_colour(b.class_id)).all(1).any()
+
+
+@pytest.mark.skipif(not settings.DETECTOR_CARD.is_file(), reason=f"no detector card at {settings.DETECTOR_CARD}")
+def test_detector_page_shows_the_operating_point(tmp_path, monkeypatch):
+    import streamlit as st
+    from streamlit.testing.v1 import AppTest
+
+    card = json.loads(settings.DETECTOR_CARD.read_text())
+    if "operating_point" not in card:
+        pytest.skip("the shipped card has no operating_point yet")
+    d = tmp_path / "weights"
+    d.mkdir()
+    for name in ("detector.json", "detector_metrics.json", "detector_figures.json"):
+        if (settings.WEIGHTS_DIR / name).is_file():
+            shutil.copy(settings.WEIGHTS_DIR / name, d / name)
+    monkeypatch.setattr(settings, "WEIGHTS_DIR", d)
+    monkeypatch.setattr(settings, "DETECTOR_WEIGHTS", d / "detector.pt")
+    monkeypatch.setattr(settings, "LUNGSEG_WEIGHTS", d / "lungseg.pt")
+    st.cache_resource.clear()
+    at = AppTest.from_file(str(Path(__file__).resolve().parent.parent / "streamlit_app.py"), default_timeout=60)
+    at.run()
+    at.switch_page("pages/detector.py").run()
+    assert not at.exception, at.exception
+    op = card["operating_point"]
+    metrics = {m.label: m.value for m in at.metric}
+    assert metrics["Threshold"] == f"{op['threshold']:.2f}"
+    assert metrics["TB precision"] == f"{op['val']['tb_precision']:.2f}"
+    assert metrics["TB recall"] == f"{op['val']['tb_recall']:.2f}"
+    assert metrics["TB boxes / Normal film (adult)"] == f"{op['val']['tb_fp_per_normal_film']['adult']:.3f}"
+    assert metrics["TB boxes / Normal film (child)"] == f"{op['val']['tb_fp_per_normal_film']['paediatric']:.3f}"
+    info = "\n".join(str(e.value) for e in at.info)
+    assert "per 100 adult films" in info and "labelled Normal" in info
+    captions = "\n".join(str(e.value) for e in at.caption)
+    assert "Test split at the same threshold" in captions and "box slider" in captions
+    st.cache_resource.clear()
+
+
+def test_conflict_note_uses_boxes_at_the_cards_operating_point(tmp_path, monkeypatch):
+    from types import SimpleNamespace
+
+    from cxr_core import detection, pipeline
+    from cxr_core.io import load_image
+
+    d = tmp_path / "weights"
+    d.mkdir()
+    (d / "detector.json").write_text(json.dumps(_card_with_op(threshold=0.31, best_f1=0.08)))
+    monkeypatch.setattr(settings, "WEIGHTS_DIR", d)
+    monkeypatch.setattr(settings, "DETECTOR_WEIGHTS", d / "detector.pt")
+    found = [Box(10, 10, 50, 50, 14, "Active tuberculosis", 0.12, True),  # above the old 0.08, below 0.31
+             Box(60, 60, 90, 90, 3, "Cardiomegaly", 0.6, False)]
+    monkeypatch.setattr(detection, "detect", lambda image, conf=0.25, **k: [b for b in found if b.confidence >= conf])
+    png = tmp_path / "x.png"
+    Image.fromarray(np.full((64, 64), 128, np.uint8)).save(png)
+    normal = SimpleNamespace(predicted="normal", abstained=False)
+    a = pipeline.Analysis(image=load_image(png), quality=None, prediction=normal)
+    shown = a.boxes()  # default threshold: the card's operating point
+    assert [b.label for b in shown] == ["Cardiomegaly"]
+    assert not any("classifier suggests Normal" in n for n in a.notes(shown))  # the 0.12 TB box is not shown
+    low = a.boxes(conf=0.1)
+    assert any("Active tuberculosis" in n for n in a.notes(low))  # a validated box the reader sees is flagged

@@ -24,7 +24,6 @@ from pathlib import Path
 import pytest
 
 from conftest import chest_phantom, make_dicom, to_uint16
-from cxr_core import settings
 
 ROOT = Path(__file__).resolve().parent.parent
 APP = str(ROOT / "streamlit_app.py")

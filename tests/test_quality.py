@@ -11,7 +11,7 @@ import cv2
 import numpy as np
 import pytest
 
-from conftest import chest_phantom, cxr3_rows, encode, requires_cxr3, to_uint8
+from conftest import chest_phantom, cxr3_rows, encode, requires_cxr3
 from cxr_core import quality, settings
 from cxr_core.io import CXRImage, ImageMeta, load_image
 from cxr_core.quality import QualityReport, assess, calibrate, compute_metrics, load_thresholds

@@ -1,4 +1,4 @@
-"""Command line: ``python -m cxr_core.detect {prepare,train,evaluate,figures,card,detect}`` (also ``python -m cxr_core detect MODE`` and the older ``python -m cxr_core.detection``)."""
+"""Command line: ``python -m cxr_core.detect {prepare,train,evaluate,figures,card,detect,operating-point}`` (also ``python -m cxr_core detect MODE`` and the older ``python -m cxr_core.detection``)."""
 
 from __future__ import annotations
 
@@ -90,6 +90,40 @@ def _detect(a) -> None:
         Image.fromarray(rgb).save(a.draw)
 
 
+def _operating_point(a) -> int:
+    import shlex
+
+    from cxr_core.detect import operating as O
+
+    weights = Path(a.weights)
+    card_path = Path(a.card)
+    if not weights.is_file():
+        raise SystemExit(f"No detector weights at {weights}.")
+    previous = None
+    if card_path.is_file():
+        previous = json.loads(card_path.read_text()).get("operating_threshold")
+    args = [x for x in (a.argv or []) if x != "operating-point"]
+    command = " ".join([O.COMMAND, *(shlex.quote(x) for x in args)])
+    try:
+        result = O.study(weights, splits=tuple(a.splits), max_per_group=a.max_per_group, seed=a.seed,
+                         fp_target=a.fp_target, precision_target=a.precision_target,
+                         manifest=Path(a.manifest) if a.manifest else None, tbx_dir=Path(a.tbx11k),
+                         compare_to=previous, progress=not a.no_progress, command=command)
+    except FileNotFoundError as exc:
+        raise SystemExit(str(exc))
+    if a.out:
+        Path(a.out).parent.mkdir(parents=True, exist_ok=True)
+        Path(a.out).write_text(json.dumps(result, indent=1) + "\n")
+    if not a.no_card:
+        O.write_to_card(result, card_path)
+        print(f"operating_point written to {card_path}", file=sys.stderr)
+    first = result["chosen_on"]
+    print(json.dumps({k: result[k] for k in ("threshold", "targets_met", "note", "targets")}
+                     | {first: {k: v for k, v in result[first].items()}}, indent=1))
+    print(result["meaning"])
+    return 0 if result["fp_target_met"] else 1
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m cxr_core.detect", description=__doc__)
     sub = p.add_subparsers(dest="cmd", required=True)
@@ -156,9 +190,36 @@ def main(argv: list[str] | None = None) -> int:
     s.add_argument("--draw", default=None, help="write an annotated PNG here")
     s.set_defaults(func=_detect)
 
+    s = sub.add_parser(
+        "operating-point",
+        help="TB box threshold from boxes on cxr3 Normal films and TB precision on the val TB films; writes the card",
+        description="Runs the shipped detector as the app does (once at settings.DETECTOR_MIN_CONF, original pixels) "
+        "on cxr3 films labelled Normal (adult and paediatric, a seeded sample per group) and on the TBX11K TB films "
+        "of each split, then picks the lowest threshold whose TB false positives per Normal film (worst age group) "
+        "and TB precision at IoU 0.5 meet the targets on the first split. The result goes into the detector card "
+        "as `operating_point` (the app's default box threshold). Exit 1 when even the false-positive target "
+        "cannot be met.",
+    )
+    s.add_argument("--weights", default=str(settings.DETECTOR_WEIGHTS))
+    s.add_argument("--card", default=str(settings.DETECTOR_CARD), help="detector card to add operating_point to")
+    s.add_argument("--no-card", action="store_true", help="do not write the card (print / --out only)")
+    s.add_argument("--out", default=None, help="also write the result JSON here")
+    s.add_argument("--splits", nargs="+", default=["val", "test"], choices=["val", "test"],
+                   help="the first chooses the threshold, the others are reported at it")
+    s.add_argument("--max-per-group", type=int, default=150, help="Normal films per split and age group (seeded sample)")
+    s.add_argument("--seed", type=int, default=settings.SEED)
+    s.add_argument("--fp-target", type=float, default=settings.DETECTOR_TARGET_FP_PER_NORMAL_FILM,
+                   help="most TB boxes per Normal film allowed (worst age group)")
+    s.add_argument("--precision-target", type=float, default=settings.DETECTOR_TARGET_PRECISION,
+                   help="least TB precision (IoU 0.5) on the TB films")
+    s.add_argument("--manifest", default=None, help="cxr3 manifest (default settings.CXR3_MANIFEST)")
+    s.add_argument("--tbx11k", default=str(settings.TBX11K_DIR))
+    s.add_argument("--no-progress", action="store_true")
+    s.set_defaults(func=_operating_point)
+
     a = p.parse_args(argv)
-    a.func(a)
-    return 0
+    a.argv = list(argv if argv is not None else sys.argv[1:])
+    return int(a.func(a) or 0)
 
 
 if __name__ == "__main__":

@@ -149,10 +149,10 @@ def tbx11k_summary(tbx_dir: Path = settings.TBX11K_DIR) -> dict | None:
 
 
 def predicted_vs_actual(weights: Path, split: str = "test", data: Path | None = None) -> dict | None:
-    """Boxes per class: ground truth vs predictions at the model card's operating threshold."""
+    """Boxes per class: ground truth vs predictions at the app's default threshold (the card's operating point)."""
     import torch
 
-    from cxr_core.detect.predict import load_detector, trained_imgsz
+    from cxr_core.detect.predict import default_threshold, load_detector, trained_imgsz
     from cxr_core.detect.val import _classes_of, split_files
 
     data = Path(data or settings.DETECTOR_DATA_DIR / "data.yaml")
@@ -160,7 +160,7 @@ def predicted_vs_actual(weights: Path, split: str = "test", data: Path | None = 
         return None
     card_path = Path(weights).with_suffix(".json")
     card = json.loads(card_path.read_text()) if card_path.is_file() else {}
-    conf = float(card.get("operating_threshold") or settings.DETECTOR_CONF)
+    conf = default_threshold(card)  # the app's default: the card's operating point
     torch.set_num_threads(max(1, settings.TORCH_THREADS))
     model, imgsz = load_detector(weights), trained_imgsz(weights)
     names = model.names

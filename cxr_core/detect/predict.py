@@ -12,7 +12,7 @@ import functools
 import json
 import os
 from pathlib import Path
-from typing import Iterable
+from typing import Iterable, Mapping
 
 import numpy as np
 
@@ -116,6 +116,29 @@ def _card(path: Path) -> dict:
     return {}
 
 
+def default_threshold(card: Mapping | None = None) -> float:
+    """The app's default box threshold, from the detector card.
+
+    The card's measured ``operating_point.threshold`` (``python -m cxr_core detect operating-point``:
+    TB false positives per Normal film and TB precision meet stated targets), else its best-F1
+    ``operating_threshold`` (measured on TB-positive films only), else ``settings.DETECTOR_CONF``.
+    ``card=None`` reads the card next to the shipped weights; never below ``settings.DETECTOR_MIN_CONF``,
+    the confidence the boxes are detected at.
+    """
+    if card is None:
+        card = _card(Path(settings.DETECTOR_WEIGHTS))
+    card = card if isinstance(card, Mapping) else {}
+    op = card.get("operating_point")
+    for value in (op.get("threshold") if isinstance(op, Mapping) else None, card.get("operating_threshold")):
+        try:
+            t = float(value)
+        except (TypeError, ValueError):
+            continue
+        if np.isfinite(t) and 0.0 < t < 1.0:
+            return max(t, settings.DETECTOR_MIN_CONF)
+    return settings.DETECTOR_CONF
+
+
 @functools.lru_cache(maxsize=4)
 def _load(path: str):
     YOLO = ultralytics_offline()
@@ -209,6 +232,47 @@ def class_colour(class_id: int) -> tuple[int, int, int]:
     return int(r * 255), int(g * 255), int(b * 255)
 
 
+def label_layout(
+    anchors: Iterable[tuple[int, int, int, int]],
+    sizes: Iterable[tuple[int, int]],
+    image_size: tuple[int, int],
+    gap: int = 1,
+) -> list[tuple[int, int]]:
+    """Top-left corners of the label tags of boxes (x0, y0, x1, y1 in the drawn image's pixels).
+
+    Every tag lies inside the image (a tag wider or taller than the image starts at 0), and tags do
+    not overlap where the image has room. Greedy, in the given order (``detect()`` returns boxes by
+    descending confidence, so the surest finding gets its preferred spot): just above the box, or
+    inside its top edge when there is no room above; if that spot is taken, the nearest free spot
+    one tag height further down or up.
+    """
+    w, h = image_size
+    placed: list[tuple[int, int, int, int]] = []
+    out: list[tuple[int, int]] = []
+
+    def free(x: int, y: int, lw: int, lh: int) -> bool:
+        return all(x + lw <= a or a + bw <= x or y + lh <= b or b + bh <= y for a, b, bw, bh in placed)
+
+    for (x0, y0, _x1, _y1), (lw, lh) in zip(anchors, sizes):
+        x = int(min(max(0, x0), max(0, w - lw)))
+        y_max = max(0, h - lh)
+        pref = int(min(max(0, y0 - lh if y0 - lh >= 0 else y0), y_max))
+        step = lh + gap
+        y = pref
+        if not free(x, pref, lw, lh):
+            for k in range(1, 2 + h // max(1, step)):
+                options = [c for c in (pref + k * step, pref - k * step) if 0 <= c <= y_max]
+                hit = next((c for c in options if free(x, c, lw, lh)), None)
+                if hit is not None:
+                    y = hit
+                    break
+                if not options and (pref + k * step > y_max and pref - k * step < 0):
+                    break
+        placed.append((x, y, lw, lh))
+        out.append((x, y))
+    return out
+
+
 def draw_boxes(
     rgb: np.ndarray,
     boxes: Iterable[Box],
@@ -222,7 +286,8 @@ def draw_boxes(
     Boxes are in original-image pixels; if ``rgb`` is a resized view pass ``scale`` =
     (rgb_width / original_width, rgb_height / original_height), otherwise the boxes are assumed
     to be in ``rgb``'s pixels. Text uses OpenCV's built-in Hershey font (no font files).
-    Unvalidated classes are marked with "*" after the label.
+    Unvalidated classes are marked with "*" after the label. Labels stay inside the image and apart
+    from each other (``label_layout``); all boxes are drawn before any label, so no box line crosses a tag.
     """
     import cv2
 
@@ -232,7 +297,10 @@ def draw_boxes(
     h, w = img.shape[:2]
     sx, sy = scale or (1.0, 1.0)
     t = thickness or max(1, round(max(h, w) / 400))
-    font_scale = max(0.4, max(h, w) / 1400)
+    font = cv2.FONT_HERSHEY_SIMPLEX
+    weight = max(1, t // 2 + 1)
+    boxes = list(boxes)
+    anchors, sizes, tags = [], [], []
     for b in boxes:
         colour = class_colour(b.class_id)
         p0 = (int(round(b.x0 * sx)), int(round(b.y0 * sy)))
@@ -241,15 +309,20 @@ def draw_boxes(
         text = b.label + ("" if b.validated else "*")
         if show_confidence:
             text += f" {b.confidence:.2f}"
-        (tw, th), base = cv2.getTextSize(text, cv2.FONT_HERSHEY_SIMPLEX, font_scale, max(1, t // 2 + 1))
-        x = min(max(0, p0[0]), max(0, w - tw - 2))
-        y = p0[1] - th - base - 2 if p0[1] - th - base - 2 >= 0 else min(h - th - base - 2, p0[1] + t)
-        y = max(0, y)
-        cv2.rectangle(img, (x, y), (x + tw + 2, y + th + base + 2), colour, -1)
+        fs = max(0.4, max(h, w) / 1400)
+        (tw, th), base = cv2.getTextSize(text, font, fs, weight)
+        while tw + 2 > w and fs > 0.25:  # a tag wider than the image: smaller text first ...
+            fs *= 0.85
+            (tw, th), base = cv2.getTextSize(text, font, fs, weight)
+        while tw + 2 > w and len(text) > 3:  # ... then a shortened label
+            text = text[:-3].rstrip() + ".."
+            (tw, th), base = cv2.getTextSize(text, font, fs, weight)
+        anchors.append((min(p0[0], p1[0]), min(p0[1], p1[1]), max(p0[0], p1[0]), max(p0[1], p1[1])))
+        sizes.append((tw + 2, th + base + 2))
+        tags.append((text, fs, th, colour))
+    for (x, y), (lw, lh), (text, fs, th, colour) in zip(label_layout(anchors, sizes, (w, h)), sizes, tags):
+        cv2.rectangle(img, (x, y), (x + lw - 1, y + lh - 1), colour, -1)
         luminance = 0.299 * colour[0] + 0.587 * colour[1] + 0.114 * colour[2]
         ink = (0, 0, 0) if luminance > 140 else (255, 255, 255)
-        cv2.putText(
-            img, text, (x + 1, y + th + 1), cv2.FONT_HERSHEY_SIMPLEX, font_scale, ink,
-            max(1, t // 2 + 1), cv2.LINE_AA,
-        )
+        cv2.putText(img, text, (x + 1, y + th + 1), font, fs, ink, weight, cv2.LINE_AA)
     return img

@@ -62,6 +62,38 @@ def run_validator(weights: Path, data: Path, split: str, imgsz: int, single_cls:
     return metrics, model.names
 
 
+def match_predictions(
+    pred_xyxy: np.ndarray,
+    pred_cls: np.ndarray,
+    true_xyxy: np.ndarray,
+    true_cls: np.ndarray,
+    ious: tuple[float, ...] = IOUS,
+) -> np.ndarray:
+    """(N, len(ious)) bool: which predictions are true positives at each IoU, matched exactly as the
+    validator matches them (ultralytics ``box_iou`` + ``BaseValidator.match_predictions``: predictions
+    in descending confidence order each claim the best unclaimed target of the same class).
+
+    ``pred_xyxy`` must be sorted by descending confidence (``detect()`` returns them so). Because the
+    matching is greedy in that order, the true positives above any threshold are the same as if only
+    the boxes above it had been matched: one run at the lowest confidence serves every threshold.
+    """
+    from types import SimpleNamespace
+
+    import torch
+    from ultralytics.engine.validator import BaseValidator
+    from ultralytics.utils.metrics import box_iou
+
+    pred_xyxy = np.asarray(pred_xyxy, dtype=np.float32).reshape(-1, 4)
+    true_xyxy = np.asarray(true_xyxy, dtype=np.float32).reshape(-1, 4)
+    if not len(pred_xyxy) or not len(true_xyxy):
+        return np.zeros((len(pred_xyxy), len(ious)), dtype=bool)
+    iou = box_iou(torch.from_numpy(true_xyxy), torch.from_numpy(pred_xyxy))
+    holder = SimpleNamespace(iouv=torch.tensor(ious))  # all match_predictions reads from the validator
+    correct = BaseValidator.match_predictions(
+        holder, torch.as_tensor(np.asarray(pred_cls)), torch.as_tensor(np.asarray(true_cls)), iou)
+    return correct.cpu().numpy().astype(bool)
+
+
 def _curve_at(curve: np.ndarray, conf: float) -> np.ndarray:
     """Value of each class' ultralytics confidence curve (1000 points on [0, 1]) at ``conf``."""
     idx = int(round(np.clip(conf, 0.0, 1.0) * (curve.shape[1] - 1)))
@@ -238,8 +270,19 @@ def _tb_agnostic_ap(weights: Path, data: Path, split: str, imgsz: int) -> float 
 
 
 def write_card(weights: Path, run_dir: Path, metrics_path: Path, out: Path) -> dict:
-    """weights/detector.json: data counts, metrics, training details and plain-language limits."""
+    """weights/detector.json: data counts, metrics, training details and plain-language limits.
+
+    A measured ``operating_point`` already on the card at ``out`` (``detect operating-point``) is kept:
+    it belongs to the same weights and is the app's default box threshold.
+    """
+    from cxr_core.detect.operating import limitation_text, operating_point
     from cxr_core.detect.train import run_summary
+
+    try:
+        previous = json.loads(Path(out).read_text()) if Path(out).is_file() else {}
+    except (OSError, json.JSONDecodeError):
+        previous = {}
+    op = operating_point(previous)
 
     summary_path = settings.DETECTOR_DATA_DIR / "summary.json"
     data_summary = json.loads(summary_path.read_text()) if summary_path.is_file() else {}
@@ -284,8 +327,7 @@ def write_card(weights: Path, run_dir: Path, metrics_path: Path, out: Path) -> d
             "classes are essentially untrained and their test support is a single image; treat any "
             "VinBigData box as unvalidated.",
             f"Tuberculosis boxes come from {sum(n_tb.values())} TBX11K TB-positive radiographs "
-            f"({n_tb.get('train', 0)} for training); it never saw a TB-negative TBX11K image, so its false "
-            "positive rate on healthy chests is unmeasured.",
+            f"({n_tb.get('train', 0)} for training); " + limitation_text(op),
             f"Trained for {train_info.get('epochs_completed')} epochs at {train_info.get('imgsz')} px on CPU "
             f"({(train_info.get('train_seconds') or 0) / 3600:.1f} h); a user with the full Kaggle download can "
             "retrain with `python -m cxr_core.detection prepare --kaggle DIR` then `train`.",
@@ -293,5 +335,9 @@ def write_card(weights: Path, run_dir: Path, metrics_path: Path, out: Path) -> d
         ],
         "licences": "VinDr-CXR/VinBigData research-only DUA; TBX11K research use; YOLOv5/ultralytics AGPL-3.0",
     }
-    Path(out).write_text(json.dumps(card, indent=2) + "\n")
+    if op is not None:
+        card["operating_point"] = op
+    from cxr_core.detect.operating import dumps_card
+
+    Path(out).write_text(dumps_card(card))
     return card
