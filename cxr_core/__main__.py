@@ -36,7 +36,7 @@ class Mode:
 
 TASKS: dict[str, tuple[str, dict[str, Mode]]] = {
     "classify": ("COVID-19 / Normal / Viral pneumonia classifiers (V-BreathNet and baselines)", {
-        "train": Mode("cxr_core.classify.train:main", "train a classifier on the cxr3 splits (resumable, budgeted)"),
+        "train": Mode("cxr_core.classify.train:main", "train a classifier on the cxr3 splits or a --data FOLDER of classes (resumable, budgeted)"),
         "val": Mode("cxr_core.classify.val:main", "score a trained classifier on a split (per source/age, probes)"),
         "predict": Mode("cxr_core.classify.predict_files:main", "classify files or folders, one CSV row per image"),
         "explain": Mode("cxr_core.classify.sanity:main", "write a class-activation overlay for one image", ("image",)),

@@ -8,6 +8,7 @@ message a clinician can act on; no other exception type leaves `load_image`.
 from __future__ import annotations
 
 import io as _io
+import re
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -129,6 +130,12 @@ def load_image(
     except RecursionError:
         raise ImageLoadError("The file is malformed (its structure is nested too deeply).") from None
     except Exception as exc:  # never let a decoder's own exception reach the user
+        vr = re.search(r"Unknown Value Representation '([^']*)' in tag (\(\w{4},\w{4}\))", str(exc))
+        if vr:  # pydicom met a header element whose type code is not a DICOM one
+            raise ImageLoadError(
+                f"The DICOM header is damaged: element {vr.group(2)} has an unknown value "
+                f"representation '{vr.group(1)}', so the image description cannot be read."
+            ) from None
         raise ImageLoadError(
             f"The file could not be read as an image ({type(exc).__name__}). "
             "It may be corrupt or truncated."

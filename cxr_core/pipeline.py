@@ -63,18 +63,33 @@ def lung_note(mask: LungMask) -> str | None:
 
 
 def box_conflict(prediction: Prediction | None, boxes: Iterable[Box]) -> str | None:
-    """Warn when validated detector findings sit on an image the classifier calls Normal.
+    """Warn when validated detector findings disagree with the classifier's suggestion.
 
-    The two models answer different questions; a clinician must not read "Normal" as a clean
-    chest while the detector marks a lesion it was validated for.
+    The two models answer different questions. A clinician must not read "Normal" as a clean
+    chest while the detector marks a lesion it was validated for, nor read a COVID-19 or viral
+    pneumonia suggestion as the whole story when the detector marks tuberculosis: the classifier
+    has no tuberculosis class, so a TB film is pushed into one of its three classes.
+    Both warnings are about cxr3's classes: a model retrained on other classes (its prediction's
+    probabilities name them) gets none, and an unknown class name never raises.
     """
-    if prediction is None or prediction.abstained or prediction.predicted != "normal":
+    if prediction is None or prediction.abstained:
+        return None
+    classes = getattr(prediction, "probabilities", None) or settings.CLASSES
+    if prediction.predicted not in settings.CLASSES or not settings.is_cxr3(classes):
         return None
     found = sorted({b.label for b in boxes if b.validated})
-    if not found:
+    if prediction.predicted == "normal":
+        if not found:
+            return None
+        return (f"The detector marks {', '.join(found)} while the classifier suggests Normal. "
+                + settings.NORMAL_SCOPE_NOTE + " Review the marked regions.")
+    tb = [label for label in found if label in settings.TB_CLASSES]
+    if not tb:
         return None
-    return (f"The detector marks {', '.join(found)} while the classifier suggests Normal. "
-            + settings.NORMAL_SCOPE_NOTE + " Review the marked regions.")
+    suggested = settings.class_label(prediction.predicted)
+    return (f"The detector marks {', '.join(tb)} while the classifier suggests {suggested}. "
+            "The classifier has no tuberculosis class, so a tuberculosis film is read as one of "
+            "COVID-19, Normal or Viral Pneumonia; consider tuberculosis and review the marked regions.")
 
 
 @dataclass(frozen=True)
@@ -233,16 +248,21 @@ class Analysis:
 
     def row(self) -> dict[str, Any]:
         """One flat line (CSV / DataFrame) with the fields `python -m cxr_core.predict` prints."""
-        return prediction_row(self.quality, self.prediction) | {"orientation": orientation_label(self.quality)}
+        classes = self.classifier.classes if self.classifier is not None else None
+        return prediction_row(self.quality, self.prediction, classes) | {"orientation": orientation_label(self.quality)}
 
 
-def prediction_row(quality: QualityReport | None, pred: Prediction | None) -> dict[str, Any]:
-    """The flat fields of one analysed image; empty values where no classifier was used."""
+def prediction_row(quality: QualityReport | None, pred: Prediction | None,
+                   classes: Iterable[str] | None = None) -> dict[str, Any]:
+    """The flat fields of one analysed image; empty values where no classifier was used.
+
+    Probability columns follow the prediction's classes (`classes`, when given, names them where
+    there is no prediction: the classifier that would have been used)."""
     if pred is None:
-        return {f"p_{c}": "" for c in settings.CLASSES} | {
+        return {c: "" for c in settings.prob_columns(classes or settings.CLASSES)} | {
             "predicted": "", "confidence": "", "abstained": "", "quality": quality.verdict if quality else "",
             "age_group": "", "reasons": "", "error": ""}
-    return {f"p_{c}": round(pred.probabilities[c], 4) for c in settings.CLASSES} | {
+    return {f"p_{c}": round(p, 4) for c, p in pred.probabilities.items()} | {
         "predicted": pred.predicted,
         "confidence": round(pred.confidence, 4),
         "abstained": pred.abstained,
@@ -253,8 +273,13 @@ def prediction_row(quality: QualityReport | None, pred: Prediction | None) -> di
     }
 
 
-ROW_COLUMNS: tuple[str, ...] = ("file", *[f"p_{c}" for c in settings.CLASSES], "predicted", "confidence",
-                                "abstained", "quality", "age_group", "reasons", "error", "orientation")
+def row_columns(classes: Iterable[str] = settings.CLASSES) -> tuple[str, ...]:
+    """The columns of `Analysis.row()` plus `file`, in CSV order, for a classifier with `classes`."""
+    return ("file", *settings.prob_columns(classes), "predicted", "confidence", "abstained", "quality", "age_group",
+            "reasons", "error", "orientation")
+
+
+ROW_COLUMNS: tuple[str, ...] = row_columns()  # the shipped cxr3 classifiers' columns
 
 
 def orientation_label(quality: QualityReport | None) -> str:

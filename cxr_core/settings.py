@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Iterable
 
 # --- paths -------------------------------------------------------------------
 ROOT: Path = Path(__file__).resolve().parent.parent
@@ -37,6 +38,45 @@ CLASS_LABELS: dict[str, str] = {
     "normal": "Normal",
     "viral_pneumonia": "Viral Pneumonia",
 }
+
+
+def class_label(name: str) -> str:
+    """The display name of a class: the cxr3 wording where there is one, else the folder name made
+    readable ("tuberculosis" -> "Tuberculosis", "bacterial_pneumonia" -> "Bacterial pneumonia").
+
+    Why a helper and not `CLASS_LABELS[name]`: a classifier retrained on a hospital's own folder of
+    classes (`classify train --data FOLDER`) brings class names this table has never seen, and every
+    page, report and dashboard must still be able to name them.
+    """
+    known = CLASS_LABELS.get(name)
+    if known:
+        return known
+    text = " ".join(name.replace("_", " ").replace("-", " ").split())
+    return text[:1].upper() + text[1:] if text else name
+
+
+def ordered_classes(names: Iterable[str]) -> list[str]:
+    """`names` without repeats, cxr3's classes first in their fixed order, then any others as given:
+    displays of stored results (a report record, several model cards) stay in the order they always
+    had for the shipped models, and still show every class of a retrained one."""
+    seen = list(dict.fromkeys(names))
+    return [c for c in CLASSES if c in seen] + [c for c in seen if c not in CLASSES]
+
+
+def prob_columns(classes: Iterable[str] = CLASSES) -> tuple[str, ...]:
+    """`p_<class>` for each class, in order: the probability columns of pipeline rows, predict CSVs and
+    batch tables (`p_covid, p_normal, p_viral_pneumonia` unless the classifier was retrained on others)."""
+    return tuple(f"p_{c}" for c in classes)
+
+
+def is_cxr3(classes: Iterable[str]) -> bool:
+    """Whether a classifier's classes are cxr3's (or some of them), so the cxr3-specific clinical
+    rules below (the age-group table, the Normal scope note, the no-tuberculosis-class warning) are
+    about it. A model retrained on a hospital's own classes gets none of them: nothing here says
+    whom its classes were learned from or which diseases it covers."""
+    return set(classes) <= set(CLASSES)
+
+
 CLASSIFIERS: tuple[str, ...] = ("vbreathnet", "densenet121", "mobilenet_v2", "vgg16")
 DEFAULT_CLASSIFIER: str = "vbreathnet"
 

@@ -107,9 +107,10 @@ def result_panel(prediction: Any, pred_error: str | None, card: dict | None, tra
             # stacked, not side by side: "Viral Pneumonia" does not fit half a column at metric size
             st.metric("Suggested class", prediction.label)
             st.metric("Calibrated confidence", dashboard.format_probability(prediction.confidence))
-            if prediction.predicted == "normal":
+            cxr3 = settings.is_cxr3(prediction.probabilities)  # the scope notes are about cxr3's classes only
+            if cxr3 and prediction.predicted == "normal":
                 st.caption(dashboard.NORMAL_SCOPE_NOTE)
-            elif prediction.age_group is None:
+            elif cxr3 and prediction.age_group is None:
                 st.caption(dashboard.AGE_SCOPE_NOTE)
         st.plotly_chart(
             dashboard.probability_figure(prediction.probabilities, prediction.predicted, prediction.abstained),

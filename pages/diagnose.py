@@ -202,10 +202,11 @@ def main() -> None:
                                          index=list(explain.METHODS).index(explain.DEFAULT_METHOD))
             heat_method = method_by_label.get(chosen_method, explain.DEFAULT_METHOD)
             alpha = h2.slider("Opacity", 0.0, 1.0, 0.45, 0.05, key="dx_alpha")
-            class_by_label = {dashboard.class_label(c): c for c in settings.CLASSES}
+            classes = list(prediction.probabilities)  # the classifier's own classes, in its output order
+            class_by_label = {dashboard.class_label(c): c for c in classes}
             agnostic = heat_method in explain.CLASS_AGNOSTIC
             target_label = h3.selectbox("Explain class", list(class_by_label),
-                                        index=list(settings.CLASSES).index(prediction.predicted),
+                                        index=classes.index(prediction.predicted),
                                         key="dx_cam_target", disabled=agnostic,
                                         help="The class whose score the heatmap explains.")
             if agnostic:

@@ -71,6 +71,15 @@ def test_train_evaluate_predict_end_to_end(tiny_manifest: Path, isolated: Path, 
     assert rescored["metrics"]["test"]["n"] == 24
     saved = torch.load(isolated / "vbreathnet.pt", weights_only=True)
     assert saved["temperature"] == pytest.approx(rescored["calibration"]["temperature"])
+    # a second rescore refits the same temperature: the weights file is left byte for byte as it was,
+    # so exports made from it (which check the source checksum) stay valid
+    before = (isolated / "vbreathnet.pt").read_bytes()
+    train.main(["--model", "vbreathnet", "--manifest", str(tiny_manifest), "--rescore", "--threads", "1",
+                "--out-dir", str(isolated)])
+    assert (isolated / "vbreathnet.pt").read_bytes() == before
+    again = json.loads((isolated / "vbreathnet.json").read_text())["calibration"]
+    assert again["temperature"] == saved["temperature"]
+    assert abs(again.get("temperature_refit", again["temperature"]) / again["temperature"] - 1) <= train.TEMPERATURE_REFIT_TOLERANCE
     other = tmp_path / "other.csv"
     other.write_text(tiny_manifest.read_text() + "\n")
     with pytest.raises(SystemExit, match="not the manifest"):

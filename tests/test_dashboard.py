@@ -285,14 +285,21 @@ def test_ablation_with_another_recipe_is_flagged(weights):
     assert dashboard.ablation_mismatch(pair) == ["training.weight_ema: 0.0 vs 0.998"]
 
 
-def test_box_conflict_only_for_validated_findings_on_a_normal_call():
+def test_box_conflict_for_validated_findings_against_the_suggestion():
     box = lambda label, validated: SimpleNamespace(label=label, validated=validated)  # noqa: E731
     normal = SimpleNamespace(predicted="normal", abstained=False)
     boxes = [box("Active tuberculosis", True), box("Nodule/Mass", False)]
     msg = pipeline.box_conflict(normal, boxes)
     assert msg.startswith("The detector marks Active tuberculosis while") and "Nodule" not in msg
     assert pipeline.box_conflict(normal, [box("Nodule/Mass", False)]) is None
-    assert pipeline.box_conflict(SimpleNamespace(predicted="covid", abstained=False), boxes) is None
+    covid = SimpleNamespace(predicted="covid", abstained=False)
+    msg = pipeline.box_conflict(covid, boxes)  # tuberculosis is outside the classifier's classes
+    assert msg.startswith("The detector marks Active tuberculosis while the classifier suggests COVID-19")
+    assert "no tuberculosis class" in msg and "Nodule" not in msg
+    viral = SimpleNamespace(predicted="viral_pneumonia", abstained=False)
+    assert "suggests Viral Pneumonia" in pipeline.box_conflict(viral, boxes)
+    # a validated non-TB finding fits a pneumonia suggestion: no conflict
+    assert pipeline.box_conflict(covid, [box("Consolidation", True), box("Nodule/Mass", False)]) is None
     assert pipeline.box_conflict(SimpleNamespace(predicted="normal", abstained=True), boxes) is None
     assert pipeline.box_conflict(None, boxes) is None
 
@@ -514,3 +521,18 @@ def test_versus_statement_reads_both_cards_and_their_intervals(weights):
     cards["mobilenet_v2"]["metrics"]["test"]["ci95"] = {"accuracy": [0.96, 0.99]}
     assert "do not overlap" in dashboard.versus_statement(cards)
     assert dashboard.versus_statement({"vbreathnet": cards["vbreathnet"], "mobilenet_v2": None}) is None
+
+
+def test_readme_classifier_tables_are_what_the_dashboard_prints(capsys):
+    """The README's two classifier tables are the output of `python -m cxr_core.dashboard` on the committed
+    cards: a rescored or retrained card without a regenerated README fails here."""
+    from cxr_core.ui import cards
+
+    if not (settings.WEIGHTS_DIR / "vbreathnet.json").is_file():
+        pytest.skip("no committed V-BreathNet card in weights/")
+    assert cards.main([]) == 0
+    out = capsys.readouterr().out
+    block = out.split("\n### Ablations")[0].strip()
+    assert block.startswith("### Classifiers on the cxr3 test split") and "### Per source / age group" in block
+    assert block in (settings.ROOT / "README.md").read_text(), \
+        "README tables are stale: paste the output of `python -m cxr_core.dashboard` (up to the ablations)"

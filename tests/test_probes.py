@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -48,9 +49,9 @@ def test_working_copy_is_never_enlarged() -> None:
 
 
 @requires_cxr3
-def test_evaluate_probes_reports_numbers_for_every_probe() -> None:
+def test_evaluate_probes_reports_numbers_for_every_probe(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     from cxr_core import evaluate
-    from cxr_core.data import CLASS_TO_INDEX
+    from cxr_core.classify import val
     from cxr_core.models import load_classifier
 
     try:
@@ -60,9 +61,15 @@ def test_evaluate_probes_reports_numbers_for_every_probe() -> None:
     rows: list[dict[str, str]] = []
     for c in settings.CLASSES:
         rows += [r for r in cxr3_rows("test") if r["label"] == c][:3]
-    files = [str(settings.CXR3_DIR / r["path"]) for r in rows]
-    y = np.array([CLASS_TO_INDEX[r["label"]] for r in rows])
-    out = evaluate.probe_files("vbreathnet", files, y)
+    for r in rows:  # a class-folder copy of nine real test films, as `evaluate --data FOLDER` takes
+        (tmp_path / r["label"]).mkdir(exist_ok=True)
+        (tmp_path / r["label"] / Path(r["path"]).name).symlink_to(settings.CXR3_DIR / r["path"])
+    decoded: list[str] = []
+    real_load = val.load_image
+    monkeypatch.setattr(val, "load_image", lambda f, *a, **k: decoded.append(str(f)) or real_load(f, *a, **k))
+    result = evaluate.evaluate("vbreathnet", tmp_path, with_probes=True)
+    assert result["n"] == 9 and len(decoded) == 9 == len(set(decoded))  # each film decoded once, probes included
+    out = result["probes"]
     assert set(out["shifts"]) == set(probes.SHIFTS)
     for s in [out["none"], out["context_only"], *out["shifts"].values()]:
         assert s["n"] == 9 and 0 <= s["accuracy"] <= 1 and 0 <= s["coverage"] <= 1

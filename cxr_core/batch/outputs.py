@@ -17,7 +17,7 @@ from __future__ import annotations
 import json
 import os
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +30,7 @@ from cxr_core.batch.worker import (
     INTERNAL_ERROR_PREFIX,
     RESULT_SCHEMA,
     overlay_name,
+    result_schema,
 )
 
 RESULTS = "results.parquet"
@@ -42,15 +43,15 @@ RAY_LOGS = "ray_logs"
 FULL_SCHEMA = RESULT_SCHEMA.append(IDENTIFIERS_FIELD)
 
 
-def _conform(table: pa.Table) -> pa.Table:
-    """A table with exactly FULL_SCHEMA's columns (missing ones null), in order."""
+def _conform(table: pa.Table, schema: pa.Schema = FULL_SCHEMA) -> pa.Table:
+    """A table with exactly `schema`'s columns (missing ones null), in order."""
     cols = []
-    for f in FULL_SCHEMA:
+    for f in schema:
         if f.name in table.column_names:
             cols.append(table.column(f.name).cast(f.type))
         else:
             cols.append(pa.nulls(table.num_rows, f.type))
-    return pa.Table.from_arrays(cols, schema=FULL_SCHEMA)
+    return pa.Table.from_arrays(cols, schema=schema)
 
 
 def _atomic(path: Path, write: Any) -> None:
@@ -62,8 +63,11 @@ def _atomic(path: Path, write: Any) -> None:
 class ResultStore:
     """The output folder: existing results, checkpoints, the final merge and the summary."""
 
-    def __init__(self, out_dir: Path):
+    def __init__(self, out_dir: Path, classes: Sequence[str] = settings.CLASSES):
+        """`classes`: the run's classifier's, so its `p_<class>` columns are the ones kept."""
         self.dir = Path(out_dir)
+        self.classes = tuple(classes)
+        self.schema = result_schema(self.classes).append(IDENTIFIERS_FIELD)
         self._part_no = 0
         self._run_tag = time.strftime("%Y%m%d-%H%M%S") + f"-{os.getpid()}"
 
@@ -88,7 +92,7 @@ class ResultStore:
                     continue
         by_file: dict[str, dict[str, Any]] = {}
         for t in tables:
-            for row in _conform(t).to_pylist():
+            for row in _conform(t, self.schema).to_pylist():
                 by_file[row["file"]] = row
         return list(by_file.values())
 
@@ -147,7 +151,7 @@ class ResultStore:
         parts.mkdir(parents=True, exist_ok=True)
         self._part_no += 1
         path = parts / f"part-{self._run_tag}-{self._part_no:05d}.parquet"
-        table = _conform(pa.Table.from_pylist(rows, schema=FULL_SCHEMA))
+        table = _conform(pa.Table.from_pylist(rows, schema=self.schema), self.schema)
         _atomic(path, lambda tmp: pq.write_table(table, tmp))
 
     def finalise(self, rows: list[dict[str, Any]], *, include_identifiers: bool) -> pa.Table:
@@ -156,7 +160,7 @@ class ResultStore:
         Without --include-identifiers the `identifiers` column is left out entirely, even if an
         earlier run in this folder asked for it.
         """
-        table = _conform(pa.Table.from_pylist(rows, schema=FULL_SCHEMA))
+        table = _conform(pa.Table.from_pylist(rows, schema=self.schema), self.schema)
         table = table.sort_by("file")
         if not include_identifiers:
             table = table.drop_columns(["identifiers"])
@@ -177,8 +181,8 @@ class ResultStore:
         _atomic(self.dir / SUMMARY, lambda tmp: tmp.write_text(text))
 
 
-def count_rows(rows: Iterable[Mapping[str, Any]]) -> dict[str, Any]:
-    """Counts a reader wants first: per predicted class, abstained, errors (by message)."""
+def count_rows(rows: Iterable[Mapping[str, Any]], classes: Sequence[str] = settings.CLASSES) -> dict[str, Any]:
+    """Counts a reader wants first: per predicted class (of the run's classifier), abstained, errors."""
     rows = list(rows)
     ok = [r for r in rows if not r.get("error") and r.get("predicted")]
     errors = [r for r in rows if r.get("error")]
@@ -189,9 +193,9 @@ def count_rows(rows: Iterable[Mapping[str, Any]]) -> dict[str, Any]:
     return {
         "n_rows": len(rows),
         "n_scored": len(ok),
-        "predicted": {c: sum(1 for r in ok if r.get("predicted") == c) for c in settings.CLASSES},
+        "predicted": {c: sum(1 for r in ok if r.get("predicted") == c) for c in classes},
         "predicted_not_abstained": {c: sum(1 for r in ok if r.get("predicted") == c and not r.get("abstained"))
-                                    for c in settings.CLASSES},
+                                    for c in classes},
         "abstained": abstained,
         "abstention_rate": round(abstained / len(ok), 4) if ok else None,
         "errors": len(errors),

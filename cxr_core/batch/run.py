@@ -29,7 +29,7 @@ from typing import Any
 from cxr_core import settings
 from cxr_core.batch import inputs as batch_inputs
 from cxr_core.batch.outputs import RAY_LOGS, ResultStore, count_rows
-from cxr_core.batch.worker import RESULT_SCHEMA, Scorer, model_version
+from cxr_core.batch.worker import Scorer, model_version, result_schema
 
 # AF_UNIX socket paths are limited to 107 bytes and Ray puts its sockets at
 # <temp>/session_<date>_<time>_<pid>/sockets/<name> (about 65 characters below <temp>).
@@ -263,7 +263,7 @@ def run_batch(cfg: BatchConfig, *, on_row: Callable[[dict[str, Any]], None] | No
     if out.resolve() == in_root or (in_root.is_dir() and in_root in out.resolve().parents):
         raise BatchError("--out must not be the input folder or inside it (results would be rescored as inputs).")
 
-    store = ResultStore(out)
+    store = ResultStore(out, clf.classes)
     store.ensure()
     stored = [] if cfg.force else store.existing()
     age_opt = cfg.age_group or ""
@@ -363,7 +363,7 @@ def run_batch(cfg: BatchConfig, *, on_row: Callable[[dict[str, Any]], None] | No
     table = store.finalise(merged, include_identifiers=cfg.include_identifiers)
 
     run_rows = [this_run[it.file] for it in items]
-    counts = count_rows(run_rows)
+    counts = count_rows(run_rows, clf.classes)
     summary: dict[str, Any] = {
         "input": {"kind": kind, "n_inputs": len(items)},
         "n_new": len(new_rows),
@@ -384,7 +384,7 @@ def run_batch(cfg: BatchConfig, *, on_row: Callable[[dict[str, Any]], None] | No
                     "include_identifiers": cfg.include_identifiers, "force": cfg.force},
         "started_at": started_at,
         "failure": failure,
-        "columns": [f.name for f in RESULT_SCHEMA] + (["identifiers"] if cfg.include_identifiers else []),
+        "columns": [f.name for f in result_schema(clf.classes)] + (["identifiers"] if cfg.include_identifiers else []),
     }
     store.write_summary(summary)
     return summary

@@ -17,7 +17,7 @@ import io
 import json
 import os
 import random
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -29,36 +29,51 @@ from cxr_core.batch import inputs
 # Rows whose error starts with this are retried on the next run (see outputs.reusable).
 INTERNAL_ERROR_PREFIX = "Internal error"
 
-PROB_COLUMNS: tuple[str, ...] = tuple(f"p_{c}" for c in settings.CLASSES)
 
-# Result columns, in order (the files a hospital team loads). `boxes` is null unless --boxes;
-# `age_group` is the band the abstention rule used, `age_group_option` the --age-group given
-# ("" = from the DICOM header), part of the resume key because it changes the result.
-RESULT_SCHEMA = pa.schema(
-    [("file", pa.string()), ("sha256", pa.string())]
-    + [(c, pa.float64()) for c in PROB_COLUMNS]
-    + [
-        ("predicted", pa.string()),
-        ("confidence", pa.float64()),
-        ("abstained", pa.bool_()),
-        ("reasons", pa.string()),
-        ("quality", pa.string()),
-        ("orientation", pa.string()),  # upright / rotated 90 / inverted / mirrored (cxr_core.gate.orientation)
-        ("age_group", pa.string()),
-        ("age_group_option", pa.string()),
-        ("boxes", pa.string()),
-        ("model", pa.string()),
-        ("model_version", pa.string()),
-        ("error", pa.string()),
-    ]
-)
+PROB_COLUMNS: tuple[str, ...] = settings.prob_columns()  # the shipped cxr3 classifiers'
+
+# The columns after the probabilities, the same for every classifier.
+_TAIL_COLUMNS: list[tuple[str, pa.DataType]] = [
+    ("predicted", pa.string()),
+    ("confidence", pa.float64()),
+    ("abstained", pa.bool_()),
+    ("reasons", pa.string()),
+    ("quality", pa.string()),
+    ("orientation", pa.string()),  # upright / rotated 90 / inverted / mirrored (cxr_core.gate.orientation)
+    ("age_group", pa.string()),
+    ("age_group_option", pa.string()),
+    ("boxes", pa.string()),
+    ("model", pa.string()),
+    ("model_version", pa.string()),
+    ("error", pa.string()),
+]
+
+
+def result_schema(classes: Sequence[str] = settings.CLASSES) -> pa.Schema:
+    """Result columns, in order (the files a hospital team loads), for a classifier with `classes`
+    (its `p_<class>` columns: a model retrained on other classes gets its own).
+
+    `boxes` is null unless --boxes; `age_group` is the band the abstention rule used,
+    `age_group_option` the --age-group given ("" = from the DICOM header), part of the resume key
+    because it changes the result."""
+    return pa.schema([("file", pa.string()), ("sha256", pa.string())]
+                     + [(c, pa.float64()) for c in settings.prob_columns(classes)] + _TAIL_COLUMNS)
+
+
+RESULT_SCHEMA = result_schema()
 IDENTIFIERS_FIELD = pa.field("identifiers", pa.string())  # JSON; only with --include-identifiers
-# What a worker returns: the result columns plus transport-only fields the driver strips.
-WORKER_SCHEMA = (RESULT_SCHEMA.append(IDENTIFIERS_FIELD)
-                 .append(pa.field("_skipped", pa.bool_()))
-                 .append(pa.field("_overlay", pa.binary()))
-                 .append(pa.field("_pid", pa.int64()))  # which actor, and its peak RSS so far (benchmark)
-                 .append(pa.field("_rss_mb", pa.float64())))
+
+
+def worker_schema(classes: Sequence[str] = settings.CLASSES) -> pa.Schema:
+    """What a worker returns: the result columns plus transport-only fields the driver strips."""
+    return (result_schema(classes).append(IDENTIFIERS_FIELD)
+            .append(pa.field("_skipped", pa.bool_()))
+            .append(pa.field("_overlay", pa.binary()))
+            .append(pa.field("_pid", pa.int64()))  # which actor, and its peak RSS so far (benchmark)
+            .append(pa.field("_rss_mb", pa.float64())))
+
+
+WORKER_SCHEMA = worker_schema()
 
 
 def model_version(name: str, backend: str = "torch") -> str:
@@ -138,8 +153,9 @@ def _attempt(row: dict[str, Any], stage: str, compute: Any) -> Any:
     return None
 
 
-def empty_row(file: str, sha256: str, model: str, version: str, age_group_option: str) -> dict[str, Any]:
-    row: dict[str, Any] = {f.name: None for f in WORKER_SCHEMA}
+def empty_row(file: str, sha256: str, model: str, version: str, age_group_option: str,
+              schema: pa.Schema = WORKER_SCHEMA) -> dict[str, Any]:
+    row: dict[str, Any] = {f.name: None for f in schema}
     row.update(file=file, sha256=sha256, model=model, model_version=version, age_group_option=age_group_option,
                _skipped=False)
     return row
@@ -190,6 +206,7 @@ class Scorer:
             from cxr_core.export.backend import load
 
             self.classifier = load(model, backend, threads=max(1, int(threads)))
+        self.schema = worker_schema(self.classifier.classes)
         self.version = model_version(model, backend)
         if expected_version and self.version != expected_version:
             raise RuntimeError(f"This worker's {model} weights are {self.version}, the driver's are "
@@ -206,13 +223,13 @@ class Scorer:
         pid, rss = os.getpid(), peak_rss_mb()
         for r in rows:
             r["_pid"], r["_rss_mb"] = pid, rss
-        return pa.Table.from_pylist(rows, schema=WORKER_SCHEMA)
+        return pa.Table.from_pylist(rows, schema=self.schema)
 
     def score(self, file: str, source: str) -> dict[str, Any]:
         """One row for one input; never raises."""
         from cxr_core import pipeline
 
-        row = empty_row(file, "", self.model, self.version, self.age_group or "")
+        row = empty_row(file, "", self.model, self.version, self.age_group or "", self.schema)
         data = _attempt(row, "reading", lambda: inputs.read_source(source))
         if data is None:
             return row
@@ -229,7 +246,7 @@ class Scorer:
         pred = analysis.prediction
         flat = analysis.row()
         # exact probabilities (Analysis.row() rounds them for display)
-        row.update({f"p_{c}": float(pred.probabilities[c]) for c in settings.CLASSES})
+        row.update({f"p_{c}": float(p) for c, p in pred.probabilities.items()})
         row.update(predicted=pred.predicted, confidence=float(pred.confidence), abstained=bool(pred.abstained),
                    reasons=flat["reasons"], quality=flat["quality"], orientation=flat["orientation"] or None,
                    age_group=flat["age_group"] or None)

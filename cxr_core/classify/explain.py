@@ -65,7 +65,7 @@ class Heatmap:
 
     map: np.ndarray
     method: str  # key of METHODS
-    target: str  # class name (settings.CLASSES) the map explains
+    target: str  # class name (one of the classifier's `classes`) the map explains
     model: str  # classifier name
     target_index: int = 0
     probability: float = float("nan")  # calibrated probability of `target` on this input
@@ -79,7 +79,7 @@ class Heatmap:
 
     @property
     def target_label(self) -> str:
-        return settings.CLASS_LABELS.get(self.target, self.target)
+        return settings.class_label(self.target)
 
     @property
     def empty(self) -> bool:
@@ -120,21 +120,23 @@ def _lock_for(model: nn.Module) -> threading.Lock:
         return lock
 
 
-def _resolve_target(target: str | int | None) -> int | None:
+def _resolve_target(target: str | int | None, classes: tuple[str, ...] = settings.CLASSES) -> int | None:
+    """The output index of `target` (a class name, its display name, or an index) among `classes`,
+    the explained classifier's own classes (a retrained model may have other ones than cxr3's)."""
     if target is None:
         return None
     if isinstance(target, (int, np.integer)) and not isinstance(target, bool):
         idx = int(target)
-        if not 0 <= idx < len(settings.CLASSES):
-            raise ValueError(f"Target index {idx} is out of range 0..{len(settings.CLASSES) - 1}.")
+        if not 0 <= idx < len(classes):
+            raise ValueError(f"Target index {idx} is out of range 0..{len(classes) - 1}.")
         return idx
     if isinstance(target, str):
-        if target in settings.CLASSES:
-            return settings.CLASSES.index(target)
-        by_label = {v.lower(): k for k, v in settings.CLASS_LABELS.items()}
+        if target in classes:
+            return classes.index(target)
+        by_label = {settings.class_label(c).lower(): i for i, c in enumerate(classes)}
         if target.lower() in by_label:
-            return settings.CLASSES.index(by_label[target.lower()])
-        raise ValueError(f"Unknown target class '{target}'. Known: {', '.join(settings.CLASSES)}")
+            return by_label[target.lower()]
+        raise ValueError(f"Unknown target class '{target}'. Known: {', '.join(classes)}")
     raise TypeError(f"target must be a class name, an index or None, not {type(target).__name__}")
 
 
@@ -254,7 +256,7 @@ def explain(
     """
     clf = load_classifier(model) if isinstance(model, str) else model
     pixels = image.pixels if isinstance(image, CXRImage) else np.asarray(image, dtype=np.float32)
-    tidx = _resolve_target(target)
+    tidx = _resolve_target(target, clf.classes)
     x = clf.to_input(pixels, box)
     maps, logits = cam_at_input(clf, x, tidx, method)
     probs = torch.softmax(torch.from_numpy(logits[0]) / float(clf.temperature), dim=-1).numpy()
@@ -267,11 +269,11 @@ def explain(
     return Heatmap(
         map=heat,
         method=method,
-        target=settings.CLASSES[tidx],
+        target=clf.classes[tidx],
         model=clf.name,
         target_index=tidx,
         probability=float(probs[tidx]),
-        predicted=settings.CLASSES[pred],
+        predicted=clf.classes[pred],
         box=effective_box(pixels.shape[:2], box),
         lung_fraction=fraction,
     )

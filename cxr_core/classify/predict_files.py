@@ -25,16 +25,9 @@ from tqdm import tqdm
 from cxr_core import pipeline, settings
 from cxr_core.export import BACKENDS
 from cxr_core.io import ImageLoadError
-from cxr_core.models import ModelUnavailableError, load_classifier
+from cxr_core.models import ModelUnavailableError
 
 IMAGE_SUFFIXES = {"." + t for t in settings.UPLOAD_TYPES}
-
-
-def load_backend(model: str, backend: str, threads: int) -> Any:
-    """The classifier on an ONNX Runtime backend (cxr_core.export.backend; onnxruntime imported on use)."""
-    from cxr_core.export.backend import load
-
-    return load(model, backend, threads=threads)
 
 
 def iter_inputs(paths: Sequence[Path]) -> Iterator[Path]:
@@ -78,8 +71,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
     try:
-        clf = load_classifier(args.model) if args.backend == "torch" else load_backend(args.model, args.backend,
-                                                                                       threads=args.threads)
+        from cxr_core.export.backend import load  # onnxruntime is imported only for an ONNX backend
+
+        clf = load(args.model, args.backend, threads=args.threads)
     except ModelUnavailableError as exc:
         print(exc, file=sys.stderr)
         return 2
@@ -97,7 +91,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         first = first or analysis  # kept only for --cam (single image); a worklist is not held in memory
     out = open(args.csv, "w", newline="") if args.csv else sys.stdout
     try:
-        writer = csv.DictWriter(out, fieldnames=pipeline.ROW_COLUMNS, restval="")
+        writer = csv.DictWriter(out, fieldnames=pipeline.row_columns(clf.classes), restval="")
         writer.writeheader()
         writer.writerows(rows)
     finally:

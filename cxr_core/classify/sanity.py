@@ -53,11 +53,12 @@ def randomised_copy(clf: Classifier, seed: int = settings.SEED) -> Classifier:
     from cxr_core.models import build_model
 
     torch.manual_seed(seed)
-    net, _ = build_model(clf.name, input_size=clf.input_size, imagenet=False)
+    net, _ = build_model(clf.name, input_size=clf.input_size, imagenet=False, num_classes=len(clf.classes))
     net.eval()
     for p in net.parameters():
         p.requires_grad_(False)
-    return Classifier(name=clf.name, spec=clf.spec, model=net, input_size=clf.input_size, temperature=1.0)
+    return Classifier(name=clf.name, spec=clf.spec, model=net, input_size=clf.input_size, temperature=1.0,
+                      classes=clf.classes)
 
 
 def deletion_curve(
@@ -164,7 +165,7 @@ def run_sanity(
             {
                 "path": str(path.relative_to(settings.CXR3_DIR)) if path.is_relative_to(settings.CXR3_DIR) else str(path),
                 "label": label,
-                "predicted": settings.CLASSES[pred],
+                "predicted": clf.classes[pred],
                 "spearman_trained_vs_random": None if np.isnan(rho) else round(rho, 4),
                 "deletion_auc_salient": round(a_s, 4),
                 "deletion_auc_random": round(a_r, 4),
@@ -228,18 +229,20 @@ def run_sanity(
 def classifier_from_checkpoint(name: str, path: str | Path, input_size: int | None = None) -> Classifier:
     """A frozen Classifier from a training checkpoint (`cache/runs/<run>/best.pt`: a bare state_dict)
     or an exported `weights/<name>.pt`, for checking heatmaps before the weights are exported."""
-    from cxr_core.models import SPECS, build_model, load_checkpoint
+    from cxr_core.models import SPECS, build_model, checkpoint_classes, load_checkpoint
 
     ckpt = load_checkpoint(Path(path))
+    classes = checkpoint_classes(ckpt if isinstance(ckpt, dict) else {}, None)
     state = ckpt.get("state_dict", ckpt.get("model", ckpt)) if isinstance(ckpt, dict) else ckpt
     size = int(input_size or (ckpt.get("input_size") if isinstance(ckpt, dict) else 0) or SPECS[name].default_size)
-    net, _ = build_model(name, input_size=size, imagenet=False)
+    net, _ = build_model(name, input_size=size, imagenet=False, num_classes=len(classes))
     net.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in state.items()})
     net.eval()
     for p in net.parameters():
         p.requires_grad_(False)
     temperature = float(ckpt.get("temperature", 1.0)) if isinstance(ckpt, dict) else 1.0
-    return Classifier(name=name, spec=SPECS[name], model=net, input_size=size, temperature=temperature)
+    return Classifier(name=name, spec=SPECS[name], model=net, input_size=size, temperature=temperature,
+                      classes=classes)
 
 
 def _named_layer(clf: Classifier, name: str) -> nn.Module:

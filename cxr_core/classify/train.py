@@ -1,8 +1,15 @@
-"""Train a three-class classifier on the cxr3 split and write weights/<model>.pt + a model card.
+"""Train a classifier on the cxr3 split (or your own folder of classes) and write weights/<model>.pt + a model card.
 
     python -m cxr_core.train --model vbreathnet --epochs 12
     python -m cxr_core.train --model mobilenet_v2            # frozen ImageNet backbone, head only
     python -m cxr_core.train --model densenet121 --size 128  # from scratch (no offline ImageNet weights)
+    python -m cxr_core classify train --model vbreathnet --data FOLDER --out-dir runs/mine  # your classes
+
+`--data` is the cxr3 manifest by default (alias `--manifest`). A FOLDER with one sub-folder of images
+per class trains on those classes instead (sorted names = output order): the films are split
+train/val/test (70/15/15, stratified by class, seeded) into `<out-dir>/<model>.split.csv`, which
+`--data` accepts back to reproduce the run; the card and the checkpoint record the classes, so
+`load_classifier`, the app, the reports and the batch tables follow them (docs/architecture.md).
 
 Two modes, picked by whether ImageNet weights exist for the backbone:
 - "head": the backbone is frozen (as in the paper), its pooled features are computed once
@@ -35,11 +42,19 @@ from torch.utils.data import DataLoader, Dataset, WeightedRandomSampler
 from tqdm import tqdm
 
 from cxr_core import cfg, settings, stats
-from cxr_core.data import CachedSplit, build_cache, load_split
+from cxr_core.data import (
+    SPLIT_FRACTIONS,
+    CachedSplit,
+    build_cache,
+    load_split,
+    manifest_classes,
+    read_manifest,
+    split_folder,
+)
 from cxr_core.timing import time_each
 from cxr_core.provenance import code_version, cpu_model, sha256_file
 from cxr_core.classify.val import compute_metrics, reliability
-from cxr_core.models import SPECS, build_model, count_params, freeze
+from cxr_core.models import SPECS, build_model, checkpoint_classes, count_params, freeze
 from cxr_core.preprocess import to_model_tensor, train_augmentation
 
 KNOWN_LIMITS = [
@@ -49,6 +64,14 @@ KNOWN_LIMITS = [
     "Do not use for adult viral pneumonia: there is none in the training data.",
     "Frontal (PA/AP) radiographs only; lateral views, CT and other body parts are out of scope.",
     "Not validated prospectively or on any external hospital's data.",
+]
+# A model retrained on a hospital's own folder (`--data FOLDER`): what this tool can say about it.
+FOLDER_LIMITS = [
+    "Trained on the images of one folder of classes; whatever else differs between those sub-folders (source, "
+    "scanner, age, labelling) the model may have learned instead of the disease.",
+    "The cxr3 age-group and scope rules do not apply: nothing records whom each class was learned from.",
+    "Frontal (PA/AP) radiographs only; lateral views, CT and other body parts are out of scope.",
+    "Not validated prospectively or on any data outside its own test split.",
 ]
 
 
@@ -77,7 +100,7 @@ class AugmentedImages(Dataset):
 
 def balanced_sampler(labels: np.ndarray, seed: int) -> WeightedRandomSampler:
     """Equal expected count per class each epoch (train split only)."""
-    counts = np.bincount(labels, minlength=len(settings.CLASSES)).astype(float)
+    counts = np.bincount(labels).astype(float)
     weights = 1.0 / counts[labels]
     return WeightedRandomSampler(
         torch.as_tensor(weights, dtype=torch.double), num_samples=len(labels), replacement=True,
@@ -109,7 +132,8 @@ def memory_format(precision: str) -> torch.memory_format:
     return torch.channels_last if precision.endswith("-cl") else torch.contiguous_format
 
 
-def probe_precision(build: Any, size: int, batch: int = 16, seconds: float = 20.0) -> dict[str, Any]:
+def probe_precision(build: Any, size: int, batch: int = 16, seconds: float = 20.0,
+                    num_classes: int = len(settings.CLASSES)) -> dict[str, Any]:
     """Time a few training steps of a throw-away copy of the model in each precision and return the
     fastest: bf16 + channels_last was 3.4x fp32 on a Xeon with AMX and 4x slower on an AVX2-only CPU,
     so the choice is measured on the machine, never assumed. RNG state is restored afterwards, so the
@@ -119,7 +143,7 @@ def probe_precision(build: Any, size: int, batch: int = 16, seconds: float = 20.
     with torch.random.fork_rng():
         torch.manual_seed(0)
         x = torch.rand(batch, 3, size, size)
-        y = torch.randint(0, len(settings.CLASSES), (batch,))
+        y = torch.randint(0, num_classes, (batch,))
         per_mode = seconds / len(candidates)
         for precision in candidates:
             model = build().to(memory_format=memory_format(precision)).train()
@@ -229,15 +253,27 @@ class BudgetStop(Exception):
     """Raised when --budget-min ends a segment: the state is saved and the run continues next time."""
 
 
+def classes_tag(classes: Sequence[str]) -> str:
+    """'' for cxr3's classes, else '-<n>cls-<8 hex>': a run on other classes never resumes a cxr3 run's
+    state (or another folder's), whose output layer has another width."""
+    if tuple(classes) == settings.CLASSES:
+        return ""
+    import hashlib
+
+    return f"-{len(classes)}cls-{hashlib.sha256(' '.join(classes).encode()).hexdigest()[:8]}"
+
+
 def train_full(model: nn.Module, name: str, train: CachedSplit, val: CachedSplit, args: argparse.Namespace) -> dict[str, Any]:
     family = SPECS[name].family
     run = Run(f"{name}-{train.images.shape[-1]}px{'-lungcrop' if args.lung_crop else ''}"
               f"{f'-lrstep{args.lr_step}' if args.lr_step != PAPER_LR_STEP else ''}"
-              f"{f'-ema{args.ema}' if args.ema else ''}", args.state_dir)
+              f"{f'-ema{args.ema}' if args.ema else ''}{classes_tag(args.classes)}", args.state_dir)
     segment_start = time.time()
     size = train.images.shape[-1]
     if args.precision == "auto":
-        probe = probe_precision(lambda: build_model(name, input_size=size, imagenet=False)[0], size)
+        n = len(args.classes)
+        probe = probe_precision(lambda: build_model(name, input_size=size, imagenet=False, num_classes=n)[0], size,
+                                num_classes=n)
     else:
         probe = {"precision": args.precision, "img_per_s": {}, "probe_batch": 0}
     precision = probe["precision"]
@@ -413,19 +449,31 @@ def measure_latency(model: nn.Module, size: int, repeats: int = 30) -> float:
     return float(np.median(times) * 1000.0)
 
 
-def score(model: nn.Module, family: str, val: CachedSplit, test: CachedSplit) -> tuple[float, dict[str, Any], dict[str, Any]]:
+# a refitted temperature this close to the committed one (relative) is the same fit: keep the committed value
+TEMPERATURE_REFIT_TOLERANCE = 0.005
+
+
+def score(model: nn.Module, family: str, val: CachedSplit, test: CachedSplit,
+          prior_temperature: float | None = None,
+          classes: Sequence[str] = settings.CLASSES) -> tuple[float, dict[str, Any], dict[str, Any]]:
     """Temperature and abstention threshold fitted on val, then val/test metrics: in fp32, as the
-    app runs the model (bf16 scoring moved MobileNetV2's test accuracy by 0.8 points)."""
+    app runs the model (bf16 scoring moved MobileNetV2's test accuracy by 0.8 points).
+
+    `prior_temperature` (rescoring committed weights): kept when the refit lands within
+    TEMPERATURE_REFIT_TOLERANCE of it, so the weights file is not rewritten for a difference in the
+    optimiser's last digits; the refitted value is recorded beside it."""
     val_logits = predict_logits(model, val.images, family, fast=False)
     test_logits = predict_logits(model, test.images, family, fast=False)
-    temperature = fit_temperature(val_logits, val.labels)
+    temperature = fitted = fit_temperature(val_logits, val.labels)
+    if prior_temperature is not None and abs(fitted - prior_temperature) <= TEMPERATURE_REFIT_TOLERANCE * prior_temperature:
+        temperature = float(prior_temperature)
     val_raw = torch.softmax(val_logits, 1).numpy()
     val_cal = torch.softmax(val_logits / temperature, 1).numpy()
     test_cal = torch.softmax(test_logits / temperature, 1).numpy()
     abstain = choose_abstain_threshold(val_cal, val.labels)
     metrics = {
-        "val": compute_metrics(val.labels, val_cal, val.frame),
-        "test": compute_metrics(test.labels, test_cal, test.frame),
+        "val": compute_metrics(val.labels, val_cal, val.frame, classes),
+        "test": compute_metrics(test.labels, test_cal, test.frame, classes),
     }
     answered = test_cal.max(1) >= abstain["abstain_threshold"]
     abstain["test_coverage"] = float(answered.mean())
@@ -441,6 +489,7 @@ def score(model: nn.Module, family: str, val: CachedSplit, test: CachedSplit) ->
     before, after = reliability(val.labels, val_raw), reliability(val.labels, val_cal)
     calibration = {
         "temperature": temperature,
+        **({"temperature_refit": fitted} if fitted != temperature else {}),
         "ece_before": before.pop("ece"),
         "ece_after": after.pop("ece"),
         "reliability_before": before,
@@ -465,12 +514,16 @@ def rescore(args: argparse.Namespace) -> None:
         raise SystemExit(f"{args.lung_crop} are not the chest boxes {card_path} was trained with (checksum differs)")
     ckpt = torch.load(weights, map_location="cpu", weights_only=True)
     size = int(ckpt["input_size"])
-    model, _ = build_model(name, input_size=size, imagenet=False)
+    classes = checkpoint_classes(ckpt, card)
+    model, _ = build_model(name, input_size=size, imagenet=False, num_classes=len(classes))
     model.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in ckpt["state_dict"].items()})
     model = model.to(memory_format=torch.channels_last).eval()
-    cache = build_cache(args.manifest, size, args.lung_crop)
-    val, test = (load_split(cache, args.manifest, s, drop_failed=False) for s in ("val", "test"))
-    temperature, card["calibration"], card["metrics"] = score(model, card["family"], val, test)
+    cache = build_cache(args.manifest, size, args.lung_crop, classes)
+    val, test = (load_split(cache, args.manifest, s, drop_failed=False, classes=classes) for s in ("val", "test"))
+    prior = ckpt.get("temperature")
+    temperature, card["calibration"], card["metrics"] = score(model, card["family"], val, test,
+                                                              prior_temperature=float(prior) if prior is not None else None,
+                                                              classes=classes)
     card["latency_ms"] = measure_latency(model, size)
     for m in card["metrics"].values():
         m["mean_latency_ms"] = card["latency_ms"]
@@ -479,7 +532,10 @@ def rescore(args: argparse.Namespace) -> None:
         "command": "python -m cxr_core.train --rescore " + " ".join(a for a in (args.argv or []) if a != "--rescore"),
         "why": "calibration and metrics recomputed in fp32 from the committed weights, as the app runs them",
     }
-    torch.save(ckpt | {"temperature": temperature}, weights)
+    if abs(float(ckpt.get("temperature", float("nan"))) - temperature) > 1e-9:
+        # rewrite the weights only when the temperature moved: an unchanged file keeps its checksum,
+        # so exports made from it (weights/onnx cards) stay valid
+        torch.save(ckpt | {"temperature": temperature}, weights)
     card_path.write_text(json.dumps(card, indent=1))
     t = card["metrics"]["test"]
     print(f"{name}: rescored, test accuracy {t['accuracy']:.4f}, T={temperature:.2f} -> {card_path}")
@@ -497,7 +553,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     ap.add_argument("--model", required=True, choices=settings.CLASSIFIERS)
     ap.add_argument("--config", type=Path, default=None,
                     help=f"YAML recipe on top of {cfg.path('classify').relative_to(settings.ROOT)} (unknown keys refused)")
-    ap.add_argument("--manifest", type=Path, default=settings.CXR3_MANIFEST)
+    ap.add_argument("--data", "--manifest", dest="manifest", type=Path, default=settings.CXR3_MANIFEST, metavar="CSV|FOLDER",
+                    help="manifest CSV (default: cxr3's), or a FOLDER with one sub-folder of images per class "
+                         "(sorted names = classes; split 70/15/15 by class into <out-dir>/<model>.split.csv)")
     ap.add_argument("--size", type=int, help="input size (default: the model's paper size)")
     ap.add_argument("--epochs", type=int, help="default: 12 full-network, 40 head-only")
     ap.add_argument("--batch", type=int)
@@ -521,7 +579,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     ap.add_argument("--limit", type=int, default=None, help="use only N images per split (smoke tests)")
     ap.add_argument("--rescore", action="store_true",
                     help="no training: recompute calibration and val/test metrics of weights in --out-dir (fp32)")
-    ap.set_defaults(**{dest: recipe[key] for key, dest in CONFIG_DEST.items()})
+    ap.set_defaults(**{dest: recipe[key] for key, dest in CONFIG_DEST.items()}, classes=settings.CLASSES)
     args = ap.parse_args(argv)
     if not recipe["quality_filter"]:
         args.no_quality_filter = True
@@ -543,15 +601,23 @@ def main(argv: Sequence[str] | None = None) -> None:
     if args.rescore:
         return rescore(args)
     name, spec = args.model, SPECS[args.model]
-    model, pretrained = build_model(name, input_size=args.size)
+    folder = None
+    if args.manifest.is_dir():  # a hospital's own folder of classes: split it (seeded) next to the card
+        folder = args.manifest
+        args.manifest, args.classes = split_folder(folder, args.out_dir / f"{name}.split.csv", args.seed)
+    elif args.manifest.is_file():
+        args.classes = manifest_classes(read_manifest(args.manifest, classes=None)["label"])
+    classes, n_classes = tuple(args.classes), len(args.classes)
+    model, pretrained = build_model(name, input_size=args.size, num_classes=n_classes)
     mode = "head" if pretrained else "full"
     size = args.size or (spec.default_size if (spec.is_paper_model or pretrained) else spec.scratch_size)
     if spec.size_dependent:
-        model, _ = build_model(name, input_size=size)
+        model, _ = build_model(name, input_size=size, num_classes=n_classes)
     args.epochs = args.epochs or (40 if mode == "head" else 12)
-    cache = build_cache(args.manifest, size, args.lung_crop)
+    cache = build_cache(args.manifest, size, args.lung_crop, classes)
     drop = not args.no_quality_filter
-    splits = {s: load_split(cache, args.manifest, s, drop_failed=drop and s == "train") for s in ("train", "val", "test")}
+    splits = {s: load_split(cache, args.manifest, s, drop_failed=drop and s == "train", classes=classes)
+              for s in ("train", "val", "test")}
     if args.limit:  # a random subset of every split, for smoke tests
         rng = np.random.default_rng(args.seed)
         for s, cs in splits.items():
@@ -568,17 +634,20 @@ def main(argv: Sequence[str] | None = None) -> None:
     big = count_params(model)["total"] > 4_000_000
     if big:  # stored in fp16 for the weight budget (settings.WEIGHT_BUDGET_MB): score the weights the app will load
         model.load_state_dict({k: v.half().float() if v.is_floating_point() else v for k, v in model.state_dict().items()})
-    temperature, calibration, metrics = score(model, family, val, test)
+    temperature, calibration, metrics = score(model, family, val, test, classes=classes)
     state_dict = {k: (v.half() if big and v.is_floating_point() else v) for k, v in model.state_dict().items()}
     args.out_dir.mkdir(parents=True, exist_ok=True)
-    torch.save({"state_dict": state_dict, "input_size": size, "temperature": temperature, "mode": mode}, args.out_dir / f"{name}.pt")
+    # the classes travel with the weights (models.checkpoint_classes), so a retrained model loads as itself
+    torch.save({"state_dict": state_dict, "input_size": size, "temperature": temperature, "mode": mode,
+                "classes": list(classes)}, args.out_dir / f"{name}.pt")
 
-    quality_counts = load_split(cache, args.manifest, "train", drop_failed=False).frame
+    quality_counts = load_split(cache, args.manifest, "train", drop_failed=False, classes=classes).frame
+    data_name = "cxr3" if folder is None and settings.is_cxr3(classes) else "the training data"
     deviations = []
     if size != spec.default_size:
         deviations.append(f"Input {size} px instead of the paper's {spec.default_size} px (measured CPU training cost).")
     if not spec.is_paper_model and not pretrained:
-        deviations.append("No ImageNet weights available offline: the whole network was trained from scratch on cxr3.")
+        deviations.append(f"No ImageNet weights available offline: the whole network was trained from scratch on {data_name}.")
         deviations += spec.scratch_deviations
     if any(seg["precision"].startswith("bf16") for seg in state.get("segments", [])):
         deviations.append("Trained under bf16 autocast on CPU (chosen by a speed probe); scored and shipped in fp32.")
@@ -598,6 +667,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         + (" + lung crop" if args.lung_crop else ""),
         "input_size": size,
         "family": family,
+        "classes": list(classes),  # output order; load_classifier reads them (the checkpoint carries them too)
         "mode": mode,
         "pretrained": pretrained,
         "faithful_to_paper": (size == spec.default_size) if spec.is_paper_model else bool(pretrained),
@@ -610,8 +680,12 @@ def main(argv: Sequence[str] | None = None) -> None:
             "split_sizes": {s: int(len(cs.labels)) for s, cs in splits.items()},
             "quality_filter": "cxr_core.quality.assess: 'fail' images dropped from train only" if drop else "off",
             "quality_verdicts_train": {
-                c: quality_counts[quality_counts["label"] == c]["quality"].value_counts().to_dict() for c in settings.CLASSES
+                c: quality_counts[quality_counts["label"] == c]["quality"].value_counts().to_dict() for c in classes
             },
+            **({"folder": str(folder), "split_file": args.manifest.name,
+                "split": f"stratified by class, seed {args.seed}: "
+                         f"val {SPLIT_FRACTIONS['val']:.0%}, test {SPLIT_FRACTIONS['test']:.0%}, the rest train "
+                         f"(pass {args.manifest.name} as --data to reproduce)"} if folder is not None else {}),
             "lung_crop": bool(args.lung_crop),
             **({"lung_boxes_sha256": sha256_file(args.lung_crop)} if args.lung_crop else {}),
         },
@@ -633,7 +707,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         "latency_ms": latency,
         "date": dt.date.today().isoformat(),
         "code_version": code_version(),
-        "known_limits": KNOWN_LIMITS,
+        "known_limits": KNOWN_LIMITS if folder is None and settings.is_cxr3(classes) else FOLDER_LIMITS,
     }
     (args.out_dir / f"{name}.json").write_text(json.dumps(card, indent=1))
     t = metrics["test"]

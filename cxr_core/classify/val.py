@@ -14,7 +14,7 @@ import argparse
 import json
 import time
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 import pandas as pd
@@ -30,8 +30,8 @@ from sklearn.metrics import (
 from tqdm import tqdm
 
 from cxr_core import settings, stats
-from cxr_core.classify import abstain_threshold, calibrated_probs, decide, scope_reason
-from cxr_core.io import load_image
+from cxr_core.classify import abstain_threshold, calibrated_probs, decide
+from cxr_core.io import CXRImage, load_image
 from cxr_core.models import load_classifier
 
 GROUP_COLUMNS = ("source", "age_group")
@@ -59,8 +59,8 @@ def reliability(y_true: np.ndarray, probs: np.ndarray, n_bins: int = ECE_BINS) -
     return {"ece": float(ece), "bin_centers": centers, "accuracy": acc, "confidence": mean_conf, "count": count}
 
 
-def _core_metrics(y_true: np.ndarray, probs: np.ndarray) -> dict[str, Any]:
-    labels = list(range(len(settings.CLASSES)))
+def _core_metrics(y_true: np.ndarray, probs: np.ndarray, classes: Sequence[str] = settings.CLASSES) -> dict[str, Any]:
+    labels = list(range(len(classes)))
     y_pred = probs.argmax(axis=1)
     p, r, f, s = precision_recall_fscore_support(y_true, y_pred, labels=labels, zero_division=0)
     return {
@@ -69,25 +69,27 @@ def _core_metrics(y_true: np.ndarray, probs: np.ndarray) -> dict[str, Any]:
         "macro_f1": float(f1_score(y_true, y_pred, labels=labels, average="macro", zero_division=0)),
         "per_class": {
             c: {"precision": float(p[i]), "recall": float(r[i]), "f1": float(f[i]), "support": int(s[i])}
-            for i, c in enumerate(settings.CLASSES)
+            for i, c in enumerate(classes)
         },
         "confusion_matrix": confusion_matrix(y_true, y_pred, labels=labels).tolist(),
     }
 
 
 def compute_metrics(
-    y_true: Sequence[int], probs: np.ndarray, groups: pd.DataFrame | None = None
+    y_true: Sequence[int], probs: np.ndarray, groups: pd.DataFrame | None = None,
+    classes: Sequence[str] = settings.CLASSES,
 ) -> dict[str, Any]:
-    """All classifier metrics for one set of predictions; `groups` holds per-row group columns.
+    """All classifier metrics for one set of predictions; `groups` holds per-row group columns and
+    `classes` names the columns of `probs` (the classifier's classes; cxr3's by default).
 
     With a `patient_or_cluster_id` column in `groups`, also `ci95`: 95 % intervals of accuracy, macro-F1
     and ECE by a bootstrap over patient groups (cxr_core.stats; films of one patient are not
     independent), and `ci95_method` saying how they were drawn."""
     y_true = np.asarray(y_true, dtype=int)
     probs = np.asarray(probs, dtype=float)
-    out = _core_metrics(y_true, probs)
+    out = _core_metrics(y_true, probs, classes)
     out["roc_auc"], out["roc_curve"] = {}, {}
-    for i, c in enumerate(settings.CLASSES):
+    for i, c in enumerate(classes):
         positive = y_true == i
         if positive.any() and (~positive).any():
             out["roc_auc"][c] = float(roc_auc_score(positive, probs[:, i]))
@@ -108,9 +110,9 @@ def compute_metrics(
             values = groups[col].fillna("unknown").astype(str).to_numpy()
             for value in sorted(set(values)):
                 m = values == value
-                g = _core_metrics(y_true[m], probs[m])
+                g = _core_metrics(y_true[m], probs[m], classes)
                 g["ece"] = reliability(y_true[m], probs[m])["ece"]
-                g["label_counts"] = {c: int((y_true[m] == i).sum()) for i, c in enumerate(settings.CLASSES)}
+                g["label_counts"] = {c: int((y_true[m] == i).sum()) for i, c in enumerate(classes)}
                 out["per_group"][col][value] = g
         if stats.GROUP_COLUMN in groups.columns and len(y_true):
             cis = stats.bootstrap_cis(stats.METRICS, y_true, probs, groups[stats.GROUP_COLUMN])
@@ -126,13 +128,20 @@ def ci_method(ids: pd.Series) -> dict[str, Any]:
             "n_boot": stats.N_BOOT, "seed": settings.SEED, "level": 0.95}
 
 
-def predict_files(model_name: str, files: Sequence[str]) -> tuple[np.ndarray, float]:
-    """Calibrated probabilities for files through the app's own path; mean single-image latency (ms)."""
+def predict_files(model_name: str, files: Sequence[str],
+                  on_image: Callable[[CXRImage], None] | None = None) -> tuple[np.ndarray, float]:
+    """Calibrated probabilities for files through the app's own path; mean single-image latency (ms).
+
+    `on_image` sees each decoded image (the probes keep a working copy of it, so a file is decoded
+    once per evaluation: a 12-bit DICOM costs hundreds of milliseconds)."""
     clf = load_classifier(model_name)
     probs, times = [], []
     with torch.inference_mode():
         for f in tqdm(files, desc=f"evaluate {model_name}", mininterval=5):
-            x = clf.to_input(load_image(f))
+            image = load_image(f)
+            if on_image is not None:
+                on_image(image)
+            x = clf.to_input(image)
             t = time.perf_counter()
             logits = clf.model(x)
             times.append(time.perf_counter() - t)
@@ -141,12 +150,13 @@ def predict_files(model_name: str, files: Sequence[str]) -> tuple[np.ndarray, fl
 
 
 def abstention_summary(y_true: np.ndarray, probs: np.ndarray, threshold: float,
-                       age_groups: Sequence[Any] | None = None) -> dict[str, Any]:
+                       age_groups: Sequence[Any] | None = None,
+                       classes: Sequence[str] = settings.CLASSES) -> dict[str, Any]:
     """The app's abstention rule (classify.decide, without the quality gate) on these predictions:
     how many it answers and how accurate those are, and with the age-group scope rule on top when
     the data says each image's age group."""
     def run(groups: Sequence[str | None]) -> dict[str, Any]:
-        decisions = [decide(p, threshold, None, g) for p, g in zip(probs, groups)]
+        decisions = [decide(p, threshold, None, g, classes) for p, g in zip(probs, groups)]
         answered = np.array([not d[1] for d in decisions])
         correct = np.array([d[0] for d in decisions]) == y_true
         return {"coverage": float(answered.mean()) if len(answered) else float("nan"),
@@ -158,7 +168,8 @@ def abstention_summary(y_true: np.ndarray, probs: np.ndarray, threshold: float,
         groups = [g if g in settings.AGE_GROUPS else None for g in age_groups]
         scoped = run(groups)
         conf_ok = probs.max(1) >= threshold
-        in_scope = np.array([scope_reason(settings.CLASSES[i], g) is None for i, g in zip(probs.argmax(1), groups)])
+        # the scope rule alone (threshold 0: confidence never abstains), as decide applies it to these classes
+        in_scope = np.array([not decide(p, 0.0, None, g, classes)[1] for p, g in zip(probs, groups)], dtype=bool)
         stopped = conf_ok & ~in_scope  # answered on confidence, stopped by the scope rule alone
         scoped["stopped_by_age_scope"] = int(stopped.sum())
         scoped["stopped_by_age_scope_wrong"] = int((stopped & (probs.argmax(1) != y_true)).sum())
@@ -166,14 +177,17 @@ def abstention_summary(y_true: np.ndarray, probs: np.ndarray, threshold: float,
     return out
 
 
-def probe_files(model_name: str, files: Sequence[str], labels: np.ndarray) -> dict[str, Any]:
+def probe_files(model_name: str, files: Sequence[str], labels: np.ndarray,
+                images: Sequence[np.ndarray] | None = None) -> dict[str, Any]:
     """Context-only and acquisition-shift probes (cxr_core.probes) with the shipped lung segmenter's
-    masks; the context-only probe is left out, saying why, when the segmenter is not available."""
+    masks; the context-only probe is left out, saying why, when the segmenter is not available.
+    `images`: the files' working copies (`probes.working_copy`) when the caller already decoded them."""
     from cxr_core import segment as lung_task
     from cxr_core.classify import probes
 
     clf = load_classifier(model_name)
-    images = [probes.working_copy(load_image(f).pixels) for f in tqdm(files, desc="decode for probes", mininterval=5)]
+    if images is None:
+        images = [probes.working_copy(load_image(f).pixels) for f in tqdm(files, desc="decode for probes", mininterval=5)]
     try:
         seg = lung_task.load_segmenter()
         masks: list[np.ndarray] | None = [lung_task.segment(p, seg).mask for p in tqdm(images, desc="lung masks", mininterval=5)]
@@ -189,23 +203,31 @@ def probe_files(model_name: str, files: Sequence[str], labels: np.ndarray) -> di
 
 
 def evaluate(model_name: str, data: Path, split: str | None = "test", with_probes: bool = False) -> dict[str, Any]:
-    from cxr_core.data import CLASS_TO_INDEX, folder_manifest, read_manifest
+    from cxr_core.data import class_index, folder_manifest, read_manifest
 
     data = Path(data)
     is_folder = data.is_dir()
-    df = folder_manifest(data) if is_folder else read_manifest(data)
+    classes = load_classifier(model_name).classes  # the labels the model can name, in its output order
+    df = folder_manifest(data, classes) if is_folder else read_manifest(data, classes)
     if not is_folder and split and "split" in df.columns and split != "all":
         df = df[df["split"] == split].reset_index(drop=True)
     if df.empty:
         raise SystemExit(f"No images for split '{split}' in {data}")
-    probs, latency = predict_files(model_name, df["file"].tolist())
-    y = df["label"].map(CLASS_TO_INDEX).to_numpy()
-    out = compute_metrics(y, probs, df)
+    copies: list[np.ndarray] = []  # working copies for the probes, kept from the one decode
+    keep = None
+    if with_probes:
+        from cxr_core.classify import probes
+
+        def keep(image: CXRImage) -> None:
+            copies.append(probes.working_copy(image.pixels))
+    probs, latency = predict_files(model_name, df["file"].tolist(), on_image=keep)
+    y = df["label"].map(class_index(classes)).to_numpy()
+    out = compute_metrics(y, probs, df, classes)
     out["abstention"] = abstention_summary(y, probs, abstain_threshold(load_classifier(model_name)),
-                                           df["age_group"].tolist() if "age_group" in df.columns else None)
+                                           df["age_group"].tolist() if "age_group" in df.columns else None, classes)
     out.update({"model": model_name, "data": str(data), "split": None if is_folder else split, "mean_latency_ms": latency})
     if with_probes:
-        out["probes"] = probe_files(model_name, df["file"].tolist(), y)
+        out["probes"] = probe_files(model_name, df["file"].tolist(), y, images=copies)
     return out
 
 

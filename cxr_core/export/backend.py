@@ -158,7 +158,8 @@ def _load_onnx(name: str, backend: str, threads: int, onnx_dir: str | None, chec
     sess = to_onnx.session(path, threads=threads)
     module = OrtModule(sess, twin.model, to_onnx.INPUT_NAME, to_onnx.OUTPUT_NAME)
     return OnnxClassifier(name=twin.name, spec=twin.spec, model=module, input_size=twin.input_size,
-                          temperature=twin.temperature, card=twin.card, backend=backend, onnx_path=path,
+                          temperature=twin.temperature, card=twin.card, classes=twin.classes, backend=backend,
+                          onnx_path=path,
                           onnx_card=card, torch_classifier=twin, threads=threads)
 
 

@@ -256,8 +256,8 @@ def card_for(clf: Any, path: Path, *, check: dict[str, Any] | None, films: dict[
                   "size": clf.input_size, "family": clf.family, "mean": list(fam.mean), "std": list(fam.std),
                   "preprocessing": "cxr_core.preprocess.image_to_tensor: square resize, 1st-99th percentile "
                                    "stretch to uint8, /255, grey copied to 3 channels, (x - mean) / std"},
-        "output": {"name": OUTPUT_NAME, "shape": ["batch", len(settings.CLASSES)], "meaning": "logits",
-                   "class_order": list(settings.CLASSES),
+        "output": {"name": OUTPUT_NAME, "shape": ["batch", len(clf.classes)], "meaning": "logits",
+                   "class_order": list(clf.classes),
                    "probabilities": "softmax(logits / temperature)"},
         "temperature": float(clf.temperature),
         "abstain_threshold": abstain_threshold(clf),

@@ -25,7 +25,8 @@ class ModelUnavailableError(RuntimeError):
     """No trained weights for this model in weights/; the message says how to train them."""
 
 
-Builder = Callable[[int, bool], "tuple[nn.Module, str]"]  # (input size, use ImageNet) -> (net, source)
+# (input size, use ImageNet[, number of classes]) -> (net, source); the class count defaults to cxr3's
+Builder = Callable[..., "tuple[nn.Module, str]"]
 
 
 @dataclass(frozen=True)
@@ -50,12 +51,13 @@ class ModelSpec:
     deviations: tuple[str, ...] = ()  # card deviations always (recipe choices of ours)
 
 
-def _vbreathnet(size: int, imagenet: bool) -> tuple[nn.Module, str]:
-    return VBreathNet(num_classes=len(settings.CLASSES), input_size=size), ""
+def _vbreathnet(size: int, imagenet: bool, num_classes: int = len(settings.CLASSES)) -> tuple[nn.Module, str]:
+    return VBreathNet(num_classes=num_classes, input_size=size), ""
 
 
 def _baseline(name: str) -> Builder:
-    return lambda size, imagenet: build_baseline(name, imagenet=imagenet)
+    return lambda size, imagenet, num_classes=len(settings.CLASSES): build_baseline(
+        name, imagenet=imagenet, num_classes=num_classes)
 
 
 SPECS: dict[str, ModelSpec] = {
@@ -74,10 +76,14 @@ SPECS: dict[str, ModelSpec] = {
 }
 
 
-def build_model(name: str, input_size: int | None = None, imagenet: bool = True) -> tuple[nn.Module, str]:
-    """A fresh network and where its initial weights came from ('' = random init)."""
+def build_model(name: str, input_size: int | None = None, imagenet: bool = True,
+                num_classes: int = len(settings.CLASSES)) -> tuple[nn.Module, str]:
+    """A fresh network and where its initial weights came from ('' = random init).
+
+    `num_classes` is the width of the output layer: cxr3's three by default, the folder's classes
+    for a model retrained on a hospital's own classes (the checkpoint then carries their names)."""
     spec = SPECS[name]
-    return spec.build(input_size or spec.default_size, imagenet)
+    return spec.build(input_size or spec.default_size, imagenet, num_classes)
 
 
 def count_params(model: nn.Module) -> dict[str, int]:
@@ -101,17 +107,30 @@ def freeze(module: nn.Module, eval_mode: bool = True) -> nn.Module:
     return module
 
 
-def weights_path(name: str) -> Path:
-    return settings.WEIGHTS_DIR / f"{name}.pt"
+def weights_path(name: str, weights_dir: Path | None = None) -> Path:
+    """`<weights_dir>/<name>.pt`; `weights_dir` defaults to settings.WEIGHTS_DIR (read at call time)."""
+    return Path(weights_dir or settings.WEIGHTS_DIR) / f"{name}.pt"
 
 
-def card_path(name: str) -> Path:
-    return settings.WEIGHTS_DIR / f"{name}.json"
+def card_path(name: str, weights_dir: Path | None = None) -> Path:
+    return Path(weights_dir or settings.WEIGHTS_DIR) / f"{name}.json"
 
 
-def read_card(name: str) -> dict[str, Any] | None:
-    path = card_path(name)
+def read_card(name: str, weights_dir: Path | None = None) -> dict[str, Any] | None:
+    path = card_path(name, weights_dir)
     return json.loads(path.read_text()) if path.is_file() else None
+
+
+def checkpoint_classes(ckpt: dict[str, Any], card: dict[str, Any] | None) -> tuple[str, ...]:
+    """The class names a trained classifier outputs, in output order.
+
+    The checkpoint's `classes` win (they travel with the weights), then the card's, then cxr3's
+    `settings.CLASSES`: the committed weights predate the field and are cxr3 models, so they keep
+    exactly the classes (and order) they were trained with."""
+    for source in (ckpt.get("classes"), (card or {}).get("classes")):
+        if source:
+            return tuple(str(c) for c in source)
+    return settings.CLASSES
 
 
 @dataclass
@@ -124,6 +143,7 @@ class Classifier:
     input_size: int
     temperature: float
     card: dict[str, Any] = field(default_factory=dict)
+    classes: tuple[str, ...] = settings.CLASSES  # output order of the model (checkpoint_classes)
 
     @property
     def display_name(self) -> str:
@@ -155,18 +175,22 @@ def load_checkpoint(path: Path) -> dict[str, Any]:
 
 
 @functools.lru_cache(maxsize=None)
-def load_classifier(name: str) -> Classifier:
-    """Load trained weights once per process. Raises ModelUnavailableError if not trained."""
+def load_classifier(name: str, weights_dir: Path | None = None) -> Classifier:
+    """Load trained weights once per process (from `weights_dir`, default settings.WEIGHTS_DIR, e.g. a
+    `classify train --out-dir` of a model retrained on other classes). Raises ModelUnavailableError
+    if not trained."""
     if name not in SPECS:
         raise KeyError(f"Unknown model '{name}'. Known: {', '.join(SPECS)}")
-    path = weights_path(name)
+    path = weights_path(name, weights_dir)
     if not path.is_file():
         raise ModelUnavailableError(
             f"{SPECS[name].display_name} has no trained weights ({path.name} is missing). "
             f"Train it with: python -m cxr_core.train --model {name}"
         )
     ckpt = load_checkpoint(path)
-    model, _ = build_model(name, input_size=int(ckpt["input_size"]), imagenet=False)
+    card = read_card(name, weights_dir) or {}
+    classes = checkpoint_classes(ckpt, card)
+    model, _ = build_model(name, input_size=int(ckpt["input_size"]), imagenet=False, num_classes=len(classes))
     state = {k: v.float() if v.is_floating_point() else v for k, v in ckpt["state_dict"].items()}
     model.load_state_dict(state)
     freeze(model)
@@ -176,7 +200,8 @@ def load_classifier(name: str) -> Classifier:
         model=model,
         input_size=int(ckpt["input_size"]),
         temperature=float(ckpt.get("temperature", 1.0)),
-        card=read_card(name) or {},
+        card=card,
+        classes=classes,
     )
 
 
@@ -190,6 +215,7 @@ __all__ = [
     "available_classifiers",
     "build_model",
     "card_path",
+    "checkpoint_classes",
     "count_params",
     "freeze",
     "load_classifier",

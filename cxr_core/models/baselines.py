@@ -29,7 +29,8 @@ FEATURE_DIMS: dict[str, int] = {"densenet121": 1024, "mobilenet_v2": 1280, "vgg1
 class TransferNet(nn.Module):
     """Backbone `features` + global average pooling + a small MLP head."""
 
-    def __init__(self, features: nn.Module, feat_dim: int, relu_after_features: bool, hidden: int = 256) -> None:
+    def __init__(self, features: nn.Module, feat_dim: int, relu_after_features: bool, hidden: int = 256,
+                 num_classes: int = len(settings.CLASSES)) -> None:
         super().__init__()
         self.features = features
         self.post = nn.ReLU(inplace=False) if relu_after_features else nn.Identity()
@@ -40,7 +41,7 @@ class TransferNet(nn.Module):
             nn.Linear(feat_dim, hidden),
             nn.ReLU(inplace=True),
             nn.Dropout(0.3),
-            nn.Linear(hidden, len(settings.CLASSES)),
+            nn.Linear(hidden, num_classes),
         )
 
     def embed(self, x: torch.Tensor) -> torch.Tensor:
@@ -67,8 +68,9 @@ def torchvision_cache_file(name: str) -> Path | None:
     return path if path.is_file() else None
 
 
-def build_baseline(name: str, imagenet: bool) -> tuple[TransferNet, str]:
-    """Returns (network, pretrained_source). pretrained_source is '' when trained from scratch."""
+def build_baseline(name: str, imagenet: bool, num_classes: int = len(settings.CLASSES)) -> tuple[TransferNet, str]:
+    """Returns (network, pretrained_source). pretrained_source is '' when trained from scratch;
+    `num_classes` sizes the head (a model retrained on a hospital's own classes)."""
     source = ""
     if name == "mobilenet_v2":
         net = torchvision.models.mobilenet_v2(weights=None)
@@ -76,19 +78,20 @@ def build_baseline(name: str, imagenet: bool) -> tuple[TransferNet, str]:
             state = torch.load(settings.MOBILENET_V2_IMAGENET, map_location="cpu", weights_only=True)
             net.features.load_state_dict(state, strict=True)
             source = f"ImageNet ({settings.MOBILENET_V2_IMAGENET.name}, see ../shared/weights/README.md)"
-        return TransferNet(net.features, FEATURE_DIMS[name], relu_after_features=False), source
+        return TransferNet(net.features, FEATURE_DIMS[name], relu_after_features=False, num_classes=num_classes), source
     if name == "densenet121":
         net = torchvision.models.densenet121(weights=None)
         cached = torchvision_cache_file(name) if imagenet else None
         if cached is not None:
             net.load_state_dict(torch.load(cached, map_location="cpu", weights_only=True))
             source = f"ImageNet (torchvision {cached.name} from the local torch cache)"
-        return TransferNet(net.features, FEATURE_DIMS[name], relu_after_features=True), source
+        return TransferNet(net.features, FEATURE_DIMS[name], relu_after_features=True, num_classes=num_classes), source
     if name == "vgg16":
         cached = torchvision_cache_file(name) if imagenet else None
         if cached is not None:
             net = torchvision.models.vgg16_bn(weights=None)
             net.load_state_dict(torch.load(cached, map_location="cpu", weights_only=True))
-            return TransferNet(net.features, 512, relu_after_features=False), f"ImageNet (torchvision {cached.name})"
-        return TransferNet(_vgg16_half_width(), 256, relu_after_features=False), source
+            return (TransferNet(net.features, 512, relu_after_features=False, num_classes=num_classes),
+                    f"ImageNet (torchvision {cached.name})")
+        return TransferNet(_vgg16_half_width(), 256, relu_after_features=False, num_classes=num_classes), source
     raise KeyError(name)

@@ -96,11 +96,11 @@ def _short(cls: str) -> str:
 
 
 def _prob_code(cls: str):
-    return _code(f"P-{_short(cls)}", f"Probability of {settings.CLASS_LABELS[cls]}")
+    return _code(f"P-{_short(cls)}", f"Probability of {settings.class_label(cls)}")
 
 
 def _class_code(cls: str):
-    return _code(f"C-{_short(cls)}", settings.CLASS_LABELS[cls])
+    return _code(f"C-{_short(cls)}", settings.class_label(cls))
 
 
 def _det_code(box: Box):
@@ -297,8 +297,8 @@ def _sr_content(analysis: Analysis, ref, boxes: Sequence[Box] | None, detector_c
             cls_items.append(_codeitem(_c_finding(), _class_code(pred.predicted)))
         cls_items.append(_codeitem(C_ABSTAINED, _yes_no(bool(pred.abstained))))
         cls_items += [_text(C_REASON, r) for r in (pred.reasons if pred.abstained else [])]
-        for c in settings.CLASSES:
-            cls_items.append(_num(_prob_code(c), float(pred.probabilities[c])))
+        for c, p in pred.probabilities.items():  # the classifier's classes, in its output order
+            cls_items.append(_num(_prob_code(c), float(p)))
         cls_items.append(_num(C_CONFIDENCE, float(pred.confidence)))
         cls_items.append(_text(C_AGE, pred.age_group or "not given"))
         items.append(_container(C_CLASSIFICATION, cls_items))
@@ -567,18 +567,19 @@ def _walk(items) -> Iterable[Any]:
         yield from _walk(item.get("ContentSequence"))
 
 
-def read_sr(data: bytes | "pydicom.Dataset") -> dict[str, Any]:
+def read_sr(data: bytes | "pydicom.Dataset", classes: Sequence[str] = settings.CLASSES) -> dict[str, Any]:
     """What an SR written by `structured_report` says, as plain values (for tests and tools):
     {predicted, suggested, abstained, reasons, probabilities, confidence, quality, quality_reasons,
-    boxes: [{label, class_id, confidence, validated, box_xyxy, referenced_sop_uid}], algorithms}."""
+    boxes: [{label, class_id, confidence, validated, box_xyxy, referenced_sop_uid}], algorithms}.
+    `classes`: the class names the writing classifier had (code values are shortened names)."""
     import pydicom
 
     ds = data if isinstance(data, pydicom.Dataset) else pydicom.dcmread(io.BytesIO(bytes(data)), force=True)
     out: dict[str, Any] = {"predicted": None, "suggested": None, "abstained": None, "reasons": [],
                            "probabilities": {}, "confidence": None, "quality": None, "quality_reasons": [],
                            "boxes": [], "algorithms": []}
-    by_code = {f"P-{_short(c)}": c for c in settings.CLASSES}
-    by_class = {f"C-{_short(c)}": c for c in settings.CLASSES}
+    by_code = {f"P-{_short(c)}": c for c in classes}
+    by_class = {f"C-{_short(c)}": c for c in classes}
     for top in ds.get("ContentSequence") or []:
         concept = _concept(top)
         if concept == (C_CLASSIFICATION[0], SCHEME):

@@ -162,13 +162,11 @@ def to_pdf(
             kv("Calibrated confidence", _fmt_pct(pred.get("confidence")))
         pdf.ln(1)
         bar_w = width - 48 - 22
-        for cls in settings.CLASSES:
-            if cls not in probs:
-                continue
+        for cls in settings.ordered_classes(probs):  # the classifier's classes, cxr3's in their usual order
             p = float(probs[cls])
             y = pdf.get_y()
             pdf.set_font("Helvetica", "", 9.5)
-            pdf.cell(48, 5.5, latin1(settings.CLASS_LABELS.get(cls, cls)))
+            pdf.cell(48, 5.5, latin1(settings.class_label(cls)))
             pdf.set_fill_color(230, 235, 239)
             pdf.rect(pdf.l_margin + 48, y + 1, bar_w, 3.5, style="F")
             if cls == pred.get("predicted") and not pred.get("abstained"):

@@ -60,7 +60,14 @@ def display_name(name: str, card: Mapping[str, Any] | None = None) -> str:
 
 
 def class_label(cls: str) -> str:
-    return settings.CLASS_LABELS.get(cls, cls)
+    return settings.class_label(cls)
+
+
+def card_classes(cards: Mapping[str, Mapping[str, Any] | None]) -> list[str]:
+    """Every class the trained models in `cards` output (a card's `classes`; cxr3's when a card
+    predates the field), cxr3's first: what a comparison of shipped and retrained models shows."""
+    names = [c for card in cards.values() if card for c in (card.get("classes") or settings.CLASSES)]
+    return settings.ordered_classes(names) or list(settings.CLASSES)
 
 
 def _get(d: Any, *keys: str, default: Any = None) -> Any:
@@ -194,7 +201,7 @@ def format_ci(value: Any, ci: tuple[float, float] | None, decimals: int = 3) -> 
 def summary_table(cards: Mapping[str, Mapping[str, Any] | None], split: str = "test") -> pd.DataFrame:
     """comparison_table for the page: accuracy, coverage, accuracy on answered, macro-F1 and ECE as text,
     each with its 95 % patient-group bootstrap interval when the card has one (see ci_notes otherwise).
-    The other columns stay numbers; comparison_table itself (the README's table) is unchanged."""
+    The other columns stay numbers. `python -m cxr_core.dashboard` prints it for the README."""
     df = comparison_table(cards, split)
     for metric in CI_SOURCES:
         col = f"{MEASURED}: {split} {metric}"
@@ -367,6 +374,7 @@ def per_group_table(cards: Mapping[str, Mapping[str, Any] | None], split: str = 
     macro-F1 is left out on purpose: it averages in the absent classes and is low by construction.
     """
     rows = []
+    classes = card_classes(cards)
     for name, card in trained(cards).items():
         groups = split_metrics(card, split).get("per_group") or {}
         for grouping, values in groups.items():
@@ -378,12 +386,12 @@ def per_group_table(cards: Mapping[str, Mapping[str, Any] | None], split: str = 
                     "n": gm.get("n"),
                     "Accuracy": _num(gm.get("accuracy")),
                 }
-                for cls in settings.CLASSES:
+                for cls in classes:
                     rec = _get(gm, "per_class", cls, "recall")
                     sup = _get(gm, "per_class", cls, "support")
                     row[f"Recall {class_label(cls)}"] = math.nan if sup in (0, None) else _num(rec)
                 rows.append(row)
-    cols = ["Model", "Grouping", "Group", "n", "Accuracy"] + [f"Recall {class_label(c)}" for c in settings.CLASSES]
+    cols = ["Model", "Grouping", "Group", "n", "Accuracy"] + [f"Recall {class_label(c)}" for c in classes]
     return pd.DataFrame(rows, columns=cols)
 
 
@@ -648,7 +656,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     argparse.ArgumentParser(prog="python -m cxr_core.dashboard", description=main.__doc__).parse_args(argv)
     cards = load_cards()
     print("### Classifiers on the cxr3 test split\n")
-    print(markdown_table(comparison_table(cards).drop(columns=["Status"])))
+    print(markdown_table(summary_table(cards).drop(columns=["Status"])))  # with 95 % CIs, as on the page
+    for note in ci_notes(cards):
+        print(f"\n{note}")
     print("\n### Per source / age group (test split)\n")
     print(markdown_table(per_group_table(cards)))
     pairs = ablation_pairs(cards)

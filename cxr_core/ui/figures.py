@@ -14,7 +14,7 @@ import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
 from cxr_core import settings
-from cxr_core.ui.cards import _columns, _find, _get, _num, class_label, display_name, label_distribution_table, per_class_ap_table, split_metrics, trained
+from cxr_core.ui.cards import _columns, _find, _get, _num, card_classes, class_label, display_name, label_distribution_table, per_class_ap_table, split_metrics, trained
 
 
 # Muted, colour-blind-friendly palette (Okabe-Ito), one colour per classifier / class.
@@ -57,13 +57,14 @@ def per_class_figure(cards: Mapping[str, Mapping[str, Any] | None], split: str =
     metrics = ("precision", "recall", "f1")
     fig = make_subplots(rows=1, cols=3, subplot_titles=[m.capitalize() if m != "f1" else "F1" for m in metrics],
                         shared_yaxes=True)
+    classes = card_classes(cards)
     for name, card in trained(cards).items():
         pc = split_metrics(card, split).get("per_class") or {}
         for j, metric in enumerate(metrics, start=1):
             fig.add_trace(
                 go.Bar(
-                    x=[class_label(c) for c in settings.CLASSES],
-                    y=[_num(_get(pc, c, metric)) for c in settings.CLASSES],
+                    x=[class_label(c) for c in classes],
+                    y=[_num(_get(pc, c, metric)) for c in classes],
                     name=display_name(name, card),
                     legendgroup=name,
                     showlegend=j == 1,
@@ -82,7 +83,7 @@ def per_class_figure(cards: Mapping[str, Mapping[str, Any] | None], split: str =
 def confusion_figure(card: Mapping[str, Any], split: str = "test", name: str = "") -> go.Figure:
     """Confusion-matrix heatmap (rows true, columns predicted) with counts and row percentages."""
     cm = np.asarray(split_metrics(card, split).get("confusion_matrix") or [], dtype=float)
-    labels = [class_label(c) for c in settings.CLASSES]
+    labels = [class_label(c) for c in ((card or {}).get("classes") or settings.CLASSES)]  # the card's output order
     if cm.shape != (len(labels), len(labels)):
         cm = np.full((len(labels), len(labels)), np.nan)
     rows = cm.sum(axis=1, keepdims=True)
@@ -107,11 +108,12 @@ def confusion_figure(card: Mapping[str, Any], split: str = "test", name: str = "
 
 def roc_figure(cards: Mapping[str, Mapping[str, Any] | None], split: str = "test") -> go.Figure:
     """One-vs-rest ROC curves, one panel per class, one line per model (AUC in the legend)."""
-    fig = make_subplots(rows=1, cols=len(settings.CLASSES),
-                        subplot_titles=[class_label(c) for c in settings.CLASSES], shared_yaxes=True)
+    classes = card_classes(cards)
+    fig = make_subplots(rows=1, cols=len(classes),
+                        subplot_titles=[class_label(c) for c in classes], shared_yaxes=True)
     for name, card in trained(cards).items():
         m = split_metrics(card, split)
-        for j, cls in enumerate(settings.CLASSES, start=1):
+        for j, cls in enumerate(classes, start=1):
             curve = _get(m, "roc_curve", cls, default={}) or {}
             auc = _num(_get(m, "roc_auc", cls))
             if not curve.get("fpr"):
@@ -126,7 +128,7 @@ def roc_figure(cards: Mapping[str, Mapping[str, Any] | None], split: str = "test
                 ),
                 row=1, col=j,
             )
-    for j in range(1, len(settings.CLASSES) + 1):
+    for j in range(1, len(classes) + 1):
         fig.add_trace(go.Scatter(x=[0, 1], y=[0, 1], mode="lines", line=dict(dash="dot", color="#9aa5ad"),
                                  showlegend=False, hoverinfo="skip"), row=1, col=j)
     fig.update_xaxes(title="false-positive rate", range=[0, 1])
@@ -338,7 +340,7 @@ def format_probability(p: float) -> str:
 def probability_figure(probabilities: Mapping[str, float], predicted: str | None = None,
                        abstained: bool = False) -> go.Figure:
     """Horizontal bars of the calibrated class probabilities (predicted class highlighted)."""
-    classes = [c for c in settings.CLASSES if c in probabilities] or list(probabilities)
+    classes = settings.ordered_classes(probabilities)
     vals = [float(probabilities[c]) for c in classes]
     colours = [
         ("#1f5f8b" if (c == predicted and not abstained) else "#b8c4cc") for c in classes
