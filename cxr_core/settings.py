@@ -110,7 +110,7 @@ CHEST_BODY_PARTS: tuple[str, ...] = ("CHEST", "THORAX", "LUNG", "TORAX", "THORAK
 # Who the classifiers learned each class from (cxr3 train split; its README): COVID-19 only in adults,
 # viral pneumonia only in children aged 1-5, normals in both. A call outside this table is an
 # extrapolation the data cannot support, so the model abstains (cxr_core.classify.decide).
-# tests/test_classify.py checks the table against the manifest.
+# tests/classify/test_classify.py checks the table against the manifest.
 AGE_GROUPS: tuple[str, ...] = ("adult", "paediatric", "other")
 AGE_GROUP_LABELS: dict[str, str] = {
     "adult": "Adult (18 years or older)",

@@ -20,7 +20,7 @@ Phases (each optional except the first):
   library's answer. Then: what changed in the repository's file listing (tracked +
   untracked + ignored entries) and under $TMPDIR, and which files the two server processes opened
   for writing, created, renamed or removed (from strace). The app is meant to write nothing.
-* fuzz (`--fuzz`): every file of the bad-input corpus (tests/test_fuzz.py::corpus) uploaded through
+* fuzz (`--fuzz`): every file of the bad-input corpus (tests/app/test_fuzz.py::corpus) uploaded through
   the browser; each must show a specific message (a refusal naming the file, or a quality verdict
   with a result or an abstention), no traceback and no catch-all error; refusals must carry the
   library's own message, decoded files the library's result; a real film after every 10 files.
@@ -56,7 +56,8 @@ from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "tests"))  # browser_support, app_fixtures, conftest (the phantom), test_fuzz
+sys.path.insert(0, str(ROOT / "tests"))  # browser_support, app_fixtures, conftest (the phantom)
+sys.path.insert(0, str(ROOT / "tests" / "app"))  # test_fuzz (the bad-input corpus)
 
 import browser_support as bs  # noqa: E402  (imports no cxr_core: settings read the env var set in main)
 
@@ -118,6 +119,18 @@ class Deadline:
 
     def cap(self, seconds: float) -> float:
         return max(1.0, min(seconds, self.left()))
+
+
+def threads_no_growth(samples: list[int], last: int) -> tuple[bool, str]:
+    """(pass, rule in words): `last` at most the largest count in the first half of the idle
+    `samples`, and the second half's median at most the first half's (no trend up)."""
+    import statistics
+
+    half = max(1, len(samples) // 2)
+    first, second = samples[:half], samples[half:] or samples[:half]
+    ok = last <= max(first) and statistics.median(second) <= statistics.median(first)
+    return ok, (f"last {last} <= max of the first half {max(first)}; median second half "
+                f"{statistics.median(second)} <= median first half {statistics.median(first)}")
 
 
 def percentiles(times: list[float]) -> dict[str, float | None]:
@@ -432,7 +445,13 @@ class Run:
             out["threads_files_compared"] = "after_warmup vs " + ("after_session_ttl" if after_ttl else "end")
             out["rss_growth"] = round(end["rss_mb"] / warm["rss_mb"] - 1, 4)
             out["rss_pass"] = end["rss_mb"] <= 1.15 * warm["rss_mb"]
-            out["threads_pass"] = last["threads"] <= warm["threads"]
+            # Threads: the idle server's count moves by a couple as Streamlit's per-session and
+            # websocket threads end asynchronously (16-18 across the 30 sessions of the 2026-12-04 run),
+            # so one sample against one sample reads noise as growth. Growth is a trend: the last
+            # sample stays within the range of the first half of the post-warm-up samples, and the
+            # second half's median is not above the first half's.
+            out["threads_pass"], out["threads_rule"] = threads_no_growth(
+                [x["threads"] for x in idle if x["uploads"] >= warm_at] or [warm["threads"]], last["threads"])
             out["open_files_pass"] = last["open_files"] <= warm["open_files"]
             out["fds_grew"] = last["fds"] > warm["fds"]
             out["pass"] = out["rss_pass"] and out["threads_pass"] and out["open_files_pass"]
@@ -500,7 +519,7 @@ class Run:
         kinds: dict[str, int] = {}
         for r in results:
             kinds[r["kind"]] = kinds.get(r["kind"], 0) + 1
-        return {"cases": len(results), "corpus": "tests/test_fuzz.py::corpus()", "kinds": kinds,
+        return {"cases": len(results), "corpus": "tests/app/test_fuzz.py::corpus()", "kinds": kinds,
                 "specific": sum(r["specific"] for r in results), "as_expected": sum(r["as_expected"] for r in results),
                 "matches_library": sum(r["matches_library"] for r in results),
                 "valid_uploads": valid_n, "valid_matched_library": valid_ok, "results": results}

@@ -1,5 +1,5 @@
 """Start `streamlit run` on 127.0.0.1 and drive it with headless Chromium: shared by
-tests/test_browser.py, tests/test_load.py and scripts/load_test.py.
+tests/app/test_browser.py, tests/app/test_load.py and scripts/load_test.py.
 
 Nothing here imports `cxr_core` at module level, so a caller can still set CXR_WEIGHTS_DIR (and the
 other settings' environment variables) after importing this module and before `cxr_core.settings`

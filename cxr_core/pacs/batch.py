@@ -11,7 +11,7 @@ analyse`); each worker retrieves its instance's bytes itself (WADO-RS), so pixel
 through the driver. A row's `file` is `dicomweb://STUDY/SERIES/SOP` (UIDs, no identifiers).
 Nothing is written back to the PACS: pushing SR / secondary capture is `pacs analyse --push`.
 Checked end to end (Ray actors reading by WADO-RS) against `scripts/pacs_dev.sh`; the test suite
-checks the resolver and reader against a real Orthanc (tests/test_pacs.py).
+checks the resolver and reader against a real Orthanc (tests/pacs/test_pacs.py).
 """
 
 from __future__ import annotations

@@ -27,7 +27,7 @@ from cxr_core.export import backend, quantise, to_onnx  # noqa: E402
 from cxr_core.models import Classifier, freeze, load_classifier, weights_path  # noqa: E402
 from cxr_core.models.vbreathnet import VBreathNet  # noqa: E402
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 CARD_FIELDS = ("name", "file", "source_weights", "opset", "input", "output", "temperature", "abstain_threshold",
                "check", "command", "versions")
 HAS_VB = weights_path("vbreathnet").is_file()

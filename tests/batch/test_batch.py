@@ -37,7 +37,7 @@ from cxr_core.batch.worker import (
     overlay_name,
 )
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 MODEL = settings.DEFAULT_CLASSIFIER
 BAD = ("empty.png", "truncated.png", "notes.png")
 

@@ -188,7 +188,7 @@ def test_colour_photo_reason_mentions_colour():
 def test_synthetic_chest_phantom_is_not_taken_for_a_real_radiograph():
     # The test phantom (tests/conftest.py) is a cartoon of a chest: real CXRs score <= ~0.95,
     # the phantom ~1.8, like the other synthetic non-CXRs. Tests of the quality *metrics* on the
-    # phantom therefore run without the plausibility check (tests/test_quality.py).
+    # phantom therefore run without the plausibility check (tests/gate/test_quality.py).
     ok, score, reason = ood.is_chest_xray(as_image(chest_phantom(256, 0)))
     assert not ok and score > 1.0 and reason
     rep = quality.assess(as_image(chest_phantom(256, 0)))

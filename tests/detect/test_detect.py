@@ -648,7 +648,7 @@ def test_detector_page_shows_the_operating_point(tmp_path, monkeypatch):
     monkeypatch.setattr(settings, "DETECTOR_WEIGHTS", d / "detector.pt")
     monkeypatch.setattr(settings, "LUNGSEG_WEIGHTS", d / "lungseg.pt")
     st.cache_resource.clear()
-    at = AppTest.from_file(str(Path(__file__).resolve().parent.parent / "streamlit_app.py"), default_timeout=60)
+    at = AppTest.from_file(str(Path(__file__).resolve().parents[2] / "streamlit_app.py"), default_timeout=60)
     at.run()
     at.switch_page("pages/detector.py").run()
     assert not at.exception, at.exception

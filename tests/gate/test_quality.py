@@ -28,7 +28,7 @@ def as_image(pixels: np.ndarray, colourfulness: float = 0.0, size: tuple[int, in
 @pytest.fixture(autouse=True)
 def _metrics_only_for_the_phantom(monkeypatch, tmp_path):
     """The synthetic phantom is a cartoon, and cxr_core.ood rightly says it is not a chest X-ray
-    (see tests/test_ood.py). These tests are about the quality metrics, so the plausibility check
+    (see tests/gate/test_ood.py). These tests are about the quality metrics, so the plausibility check
     is skipped here (no OOD statistics in WEIGHTS_DIR); real CXRs through the check: test_ood.py."""
     monkeypatch.setattr(settings, "WEIGHTS_DIR", tmp_path)
 

@@ -21,7 +21,7 @@ import pytest
 
 from browser_support import missing_browser
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 SCRIPT = ROOT / "scripts" / "load_test.py"
 GROWTH = {"RSS grew more than 15 % after warm-up", "thread count grew", "open-file count grew"}
 
@@ -39,6 +39,17 @@ def test_help_lists_the_phases():
     for flag in ("--sessions", "--soak", "--per-session", "--kill-restart", "--fuzz", "--fixture-weights",
                  "--timeout-s", "--out"):
         assert flag in r.stdout, flag
+
+
+def test_thread_growth_is_judged_as_a_trend_not_one_sample():
+    lt = _script()
+    # the idle server of the 2026-12-04 soak: 16-18 threads across 30 sessions, no trend
+    seen = [16, 17, 16, 16, 17, 18, 18, 17, 16, 18, 16, 16, 16, 17, 17, 16, 17, 16, 16, 18, 17, 16, 18, 16]
+    assert lt.threads_no_growth(seen, 18)[0]
+    leak = [16 + i for i in range(24)]  # one thread kept per session
+    assert not lt.threads_no_growth(leak, 40)[0]
+    assert not lt.threads_no_growth(seen, 19)[0]  # above anything the first half showed
+    assert not lt.threads_no_growth([16] * 12 + [18] * 12, 18)[0]  # a step up that stays up
 
 
 def test_compare_catches_every_kind_of_difference():

@@ -22,7 +22,7 @@ from app_fixtures import (
 from conftest import requires_cxr3
 from cxr_core import settings
 
-APP = str(Path(__file__).resolve().parent.parent / "streamlit_app.py")
+APP = str(Path(__file__).resolve().parents[2] / "streamlit_app.py")
 TIMEOUT = 60
 
 

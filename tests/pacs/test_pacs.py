@@ -21,7 +21,7 @@ import pytest
 
 from conftest import chest_phantom, make_dicom, to_uint16
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 SCRIPT = ROOT / "scripts" / "pacs_dev.sh"
 
 PATIENT_NAME = "Testpatient^Ada"

@@ -294,7 +294,7 @@ def _captions(at) -> str:
 def test_page_preset_shows_real_units_exactly_and_resets():
     import sys
 
-    root = str(Path(__file__).resolve().parent.parent)
+    root = str(Path(__file__).resolve().parents[2])
     if root not in sys.path:
         sys.path.insert(0, root)
     at = _viewer_app(_dicom())

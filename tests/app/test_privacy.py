@@ -25,7 +25,7 @@ import pytest
 
 from conftest import chest_phantom, make_dicom, to_uint16
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 APP = str(ROOT / "streamlit_app.py")
 
 # Distinctive identifiers: if any of these strings shows up somewhere, it leaked.

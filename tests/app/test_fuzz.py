@@ -29,7 +29,7 @@ from PIL import Image
 from conftest import chest_phantom, encode, make_dicom, to_uint8, to_uint16
 from cxr_core import dashboard, settings
 
-APP = str(Path(__file__).resolve().parent.parent / "streamlit_app.py")
+APP = str(Path(__file__).resolve().parents[2] / "streamlit_app.py")
 GENERIC = "Something went wrong"  # the page's catch-all text: never acceptable for a fuzz input
 NOT_CXR = "does not look like a frontal chest X-ray"
 

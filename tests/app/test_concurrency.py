@@ -28,7 +28,7 @@ from cxr_core import settings
 # An exception in any session's script thread fails the test (not just a warning).
 pytestmark = pytest.mark.filterwarnings("error::pytest.PytestUnhandledThreadExceptionWarning")
 
-APP = str(Path(__file__).resolve().parent.parent / "streamlit_app.py")
+APP = str(Path(__file__).resolve().parents[2] / "streamlit_app.py")
 N_SESSIONS = int(os.environ.get("CXR_CONCURRENCY_SESSIONS", "20"))
 OVERALL_TIMEOUT_S = 900  # a hang fails the test instead of blocking the suite
 MEMORY_GROWTH_LIMIT_MB = 1500  # 20 sessions x (a few MB of images and results) + one set of models
