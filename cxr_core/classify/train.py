@@ -57,12 +57,13 @@ from cxr_core.classify.val import compute_metrics, reliability
 from cxr_core.models import SPECS, build_model, checkpoint_classes, count_params, freeze
 from cxr_core.preprocess import to_model_tensor, train_augmentation
 
+FRONTAL_ONLY = "Frontal (PA/AP) radiographs only; lateral views, CT and other body parts are out of scope."
 KNOWN_LIMITS = [
     "Trained on cxr3: COVID-19 images are all adult (COVID-19 Radiography Database), viral pneumonia is "
     "all paediatric (Kermany, age 1-5), normals are half adult and half paediatric. Source and age "
     "correlate with the label, so the model can partly recognise hospital or age instead of disease.",
     "Do not use for adult viral pneumonia: there is none in the training data.",
-    "Frontal (PA/AP) radiographs only; lateral views, CT and other body parts are out of scope.",
+    FRONTAL_ONLY,
     "Not validated prospectively or on any external hospital's data.",
 ]
 # A model retrained on a hospital's own folder (`--data FOLDER`): what this tool can say about it.
@@ -70,7 +71,7 @@ FOLDER_LIMITS = [
     "Trained on the images of one folder of classes; whatever else differs between those sub-folders (source, "
     "scanner, age, labelling) the model may have learned instead of the disease.",
     "The cxr3 age-group and scope rules do not apply: nothing records whom each class was learned from.",
-    "Frontal (PA/AP) radiographs only; lateral views, CT and other body parts are out of scope.",
+    FRONTAL_ONLY,
     "Not validated prospectively or on any data outside its own test split.",
 ]
 
