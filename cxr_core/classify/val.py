@@ -207,7 +207,8 @@ def evaluate(model_name: str, data: Path, split: str | None = "test", with_probe
 
     data = Path(data)
     is_folder = data.is_dir()
-    classes = load_classifier(model_name).classes  # the labels the model can name, in its output order
+    clf = load_classifier(model_name)
+    classes = clf.classes  # the labels the model can name, in its output order
     df = folder_manifest(data, classes) if is_folder else read_manifest(data, classes)
     if not is_folder and split and "split" in df.columns and split != "all":
         df = df[df["split"] == split].reset_index(drop=True)
@@ -223,7 +224,7 @@ def evaluate(model_name: str, data: Path, split: str | None = "test", with_probe
     probs, latency = predict_files(model_name, df["file"].tolist(), on_image=keep)
     y = df["label"].map(class_index(classes)).to_numpy()
     out = compute_metrics(y, probs, df, classes)
-    out["abstention"] = abstention_summary(y, probs, abstain_threshold(load_classifier(model_name)),
+    out["abstention"] = abstention_summary(y, probs, abstain_threshold(clf),
                                            df["age_group"].tolist() if "age_group" in df.columns else None, classes)
     out.update({"model": model_name, "data": str(data), "split": None if is_folder else split, "mean_latency_ms": latency})
     if with_probes:
