@@ -97,22 +97,91 @@ def image_to_tensor(
     return to_model_tensor(standardise(pixels, spec.size, box)[None], family)
 
 
-def train_augmentation(size: int) -> Callable[[torch.Tensor], torch.Tensor]:
+AUGMENTATIONS = ("standard", "acquisition")  # cfg/classify.yaml `augment`
+
+
+def train_augmentation(size: int, kind: str = "standard") -> Callable[[torch.Tensor], torch.Tensor]:
     """Augmentations for (1, S, S) float tensors in [0, 1].
 
-    Small rotations, shifts and zoom imitate patient positioning; brightness/contrast
-    imitate exposure. No horizontal flips: a flipped CXR puts the heart on the right
-    (dextrocardia) and mirrors laterality markers, which is not a plausible radiograph.
+    "standard" (the shipped 40-epoch run): small rotations, shifts and zoom imitate patient
+    positioning; brightness/contrast imitate exposure. No horizontal flips: a flipped CXR puts the
+    heart on the right (dextrocardia) and mirrors laterality markers, which is not a plausible radiograph.
+
+    "acquisition" adds what differs between hospitals' films and what the shift probe
+    (`cxr_core.classify.probes`) measured the standard model to be fragile to: gamma, sensor noise,
+    stronger blur, JPEG compression and a low-resolution round trip. The probe's own settings (gamma
+    0.7 / 1.4, noise 0.03, blur sigma 2, JPEG 30, 128 px) lie inside these ranges, so a model trained
+    with them is tested on perturbations it has seen: its card says so.
     """
     from torchvision.transforms import v2
 
-    return v2.Compose(
-        [
-            v2.RandomAffine(degrees=10, translate=(0.06, 0.06), scale=(0.9, 1.1)),
-            v2.ColorJitter(brightness=0.2, contrast=0.2),
-            v2.RandomApply([v2.GaussianBlur(kernel_size=5, sigma=(0.1, 1.0))], p=0.2),
-        ]
-    )
+    standard = [
+        v2.RandomAffine(degrees=10, translate=(0.06, 0.06), scale=(0.9, 1.1)),
+        v2.ColorJitter(brightness=0.2, contrast=0.2),
+    ]
+    if kind == "standard":
+        return v2.Compose(standard + [v2.RandomApply([v2.GaussianBlur(kernel_size=5, sigma=(0.1, 1.0))], p=0.2)])
+    if kind != "acquisition":
+        raise ValueError(f"augment must be one of {', '.join(AUGMENTATIONS)}, not {kind!r}")
+    return v2.Compose(standard + [
+        v2.RandomApply([RandomGamma((0.65, 1.5))], p=0.3),
+        v2.RandomApply([v2.GaussianBlur(kernel_size=13, sigma=(0.3, 2.2))], p=0.25),
+        v2.RandomApply([LowResolution((size // 3, size * 3 // 4))], p=0.15),
+        v2.RandomApply([RandomJPEG((25, 75))], p=0.15),
+        v2.RandomApply([GaussianNoise((0.005, 0.035))], p=0.3),
+    ])
+
+
+class RandomGamma(torch.nn.Module):
+    """x ** g with log g uniform in log(range): exposure curves differ between detectors."""
+
+    def __init__(self, gamma: tuple[float, float]) -> None:
+        super().__init__()
+        self.log_range = (float(np.log(gamma[0])), float(np.log(gamma[1])))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        g = float(torch.empty(()).uniform_(*self.log_range).exp())
+        return x.clamp(0.0, 1.0).pow(g)
+
+
+class GaussianNoise(torch.nn.Module):
+    """Additive sensor noise with a standard deviation drawn from `sigma` (intensities in [0, 1])."""
+
+    def __init__(self, sigma: tuple[float, float]) -> None:
+        super().__init__()
+        self.sigma = sigma
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        s = float(torch.empty(()).uniform_(*self.sigma))
+        return (x + torch.randn_like(x) * s).clamp(0.0, 1.0)
+
+
+class LowResolution(torch.nn.Module):
+    """Down to a side drawn from `sides` (area) and back up (bilinear): a film stored or sent small."""
+
+    def __init__(self, sides: tuple[int, int]) -> None:
+        super().__init__()
+        self.sides = sides
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        side = int(torch.randint(self.sides[0], self.sides[1] + 1, ()))
+        small = torch.nn.functional.interpolate(x[None], size=(side, side), mode="area")
+        return torch.nn.functional.interpolate(small, size=x.shape[-2:], mode="bilinear", align_corners=False)[0]
+
+
+class RandomJPEG(torch.nn.Module):
+    """JPEG round trip at a quality drawn from `quality` (torchvision's libjpeg codec)."""
+
+    def __init__(self, quality: tuple[int, int]) -> None:
+        super().__init__()
+        self.quality = quality
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        from torchvision.io import decode_jpeg, encode_jpeg
+
+        q = int(torch.randint(self.quality[0], self.quality[1] + 1, ()))
+        u8 = (x.clamp(0.0, 1.0) * 255.0).round().to(torch.uint8)
+        return decode_jpeg(encode_jpeg(u8, quality=q)).float().div_(255.0)
 
 
 def stack_standardised(images: Sequence[np.ndarray], size: int) -> np.ndarray:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import streamlit as st
 
-from cxr_core import dashboard, settings, stats
+from cxr_core import dashboard, explain, settings, stats
 from cxr_core.ui import probes as probe_views
 from pages._common import chart, ensure_navigation
 
@@ -117,6 +117,14 @@ for name, pair in pairs.items():
         (st.warning if dashboard.ablation_mismatch(pair) else st.markdown)(choice)
     st.table(dashboard.comparison_styler(dashboard.summary_table(pair, split).drop(columns=["Status"])))
     st.table(dashboard.styled(dashboard.per_group_table(pair, split)))
+
+st.subheader("Heatmap sanity checks")
+sanity = {name: explain.sanity_result(name) for name in cards}
+if not any(sanity.values()):
+    st.info("No heatmap sanity results yet: `python -m cxr_core.explain sanity --n 30 --model NAME`.")
+else:
+    st.caption(dashboard.SANITY_NOTE)
+    st.table(dashboard.styled(dashboard.sanity_table(sanity)))
 
 st.subheader("What the models read: context-only and acquisition-shift probes")
 probes = probe_views.load_probes()

@@ -222,6 +222,50 @@ def test_lr_schedule_halves_on_the_paper_step_and_on_a_longer_one() -> None:
     assert train.lr_schedule(200, 1e-3) == 1e-6  # floor, as in the paper
 
 
+def test_cosine_schedule_falls_from_the_base_rate_to_the_floor() -> None:
+    lrs = [train.lr_schedule(e, 4e-4, schedule="cosine", epochs=10) for e in range(10)]
+    assert lrs[0] == pytest.approx(4e-4) and lrs[5] == pytest.approx(2e-4)
+    assert all(a > b for a, b in zip(lrs, lrs[1:])) and lrs[-1] == pytest.approx(4e-4 * 0.5 * (1 + np.cos(0.9 * np.pi)))
+    assert train.lr_schedule(10, 4e-4, schedule="cosine", epochs=10) == 1e-6
+    with pytest.raises(ValueError, match="needs the run's number of epochs"):
+        train.lr_schedule(0, 1e-3, schedule="cosine")
+
+
+@requires_cxr3
+def test_a_second_stage_starts_from_the_given_weights_and_says_so(tiny_manifest: Path, isolated: Path, tmp_path: Path) -> None:
+    """--init-from: the run starts from trained weights (not a random initialisation); the card names the
+    file by checksum, keeps the first stage's training record and lists the stage as a deviation."""
+    import torch
+
+    from cxr_core.provenance import sha256_file
+
+    common = ["--model", "vbreathnet", "--manifest", str(tiny_manifest), "--size", "64", "--batch", "8",
+              "--threads", "1", "--precision", "fp32"]
+    stage1 = tmp_path / "stage1"
+    train.main(common + ["--epochs", "1", "--out-dir", str(stage1)])
+    init = torch.load(stage1 / "vbreathnet.pt", weights_only=True)["state_dict"]
+    train.main(common + ["--epochs", "1", "--lr", "1e-12", "--schedule", "cosine", "--augment", "acquisition",
+                         "--init-from", str(stage1 / "vbreathnet.pt"), "--out-dir", str(isolated)])
+    out = torch.load(isolated / "vbreathnet.pt", weights_only=True)["state_dict"]
+    from cxr_core.models import build_model
+
+    key = "features.0.weight"  # at the 1e-6 floor, 3 RMSprop steps leave the weights next to where they started
+    fresh = build_model("vbreathnet", input_size=64, imagenet=False)[0].state_dict()[key]
+    assert float((out[key] - init[key]).abs().max()) < 1e-3 < float((fresh - init[key]).abs().max())
+    # the second stage has its own run folder: it never resumes the first stage's state
+    assert (settings.CACHE_DIR / "runs" / "vbreathnet-64px-cosine-acquisition-init" / "last.pt").is_file()
+    card = json.loads((isolated / "vbreathnet.json").read_text())
+    t = card["training"]
+    assert t["init_from"]["sha256"] == sha256_file(stage1 / "vbreathnet.pt")
+    assert t["init_from"]["training"]["epochs"] == 1 and len(t["init_from"]["training"]["history"]) == 1
+    assert t["config"]["init_from"] == str(stage1 / "vbreathnet.pt") and t["config"]["augment"] == "acquisition"
+    assert t["schedule"].startswith("cosine from 1e-12") and "JPEG" in t["augmentation"]
+    assert any(d.startswith("Two stages: 1 epochs") for d in card["deviations"])
+    assert any("Acquisition augmentation" in d for d in card["deviations"])
+    with pytest.raises(SystemExit):
+        train.main(common + ["--init-from", str(tmp_path / "missing.pt"), "--out-dir", str(isolated)])
+
+
 @requires_cxr3
 def test_budget_stop_and_resume_equal_an_uninterrupted_run(tiny_manifest: Path, isolated: Path, tmp_path: Path, capsys) -> None:
     """Segments of a run (stopped by the time budget, resumed from the committed-style state dir) end in

@@ -195,12 +195,13 @@ def test_stack_standardised():
 # --- augmentation --------------------------------------------------------------------------------------------
 
 
-def test_train_augmentation_keeps_shape_and_range():
+@pytest.mark.parametrize("kind", ["standard", "acquisition"])
+def test_train_augmentation_keeps_shape_and_range(kind: str):
     pytest.importorskip("torchvision")
     from cxr_core.preprocess import train_augmentation
 
     size = 64
-    aug = train_augmentation(size)
+    aug = train_augmentation(size, kind)
     x = torch.from_numpy(standardise(CHEST, size)).float().div(255).unsqueeze(0)  # (1, S, S)
     torch.manual_seed(0)
     outs = [aug(x) for _ in range(12)]
@@ -221,9 +222,35 @@ def test_train_augmentation_does_not_flip():
 
     from cxr_core.preprocess import train_augmentation
 
-    names = {type(t).__name__ for t in train_augmentation(64).transforms}
-    assert not names & {"RandomHorizontalFlip", "RandomVerticalFlip"}
-    assert isinstance(train_augmentation(64), v2.Compose)
+    for kind in ("standard", "acquisition"):
+        names = {type(t).__name__ for t in train_augmentation(64, kind).transforms}
+        assert not names & {"RandomHorizontalFlip", "RandomVerticalFlip"}
+        assert isinstance(train_augmentation(64, kind), v2.Compose)
+    with pytest.raises(ValueError, match="augment must be one of standard, acquisition"):
+        train_augmentation(64, "heavy")
+
+
+def test_acquisition_perturbations_do_what_their_names_say():
+    """Each added op on a real film: gamma > 1 darkens mid-tones, noise adds variance of about its sd,
+    low resolution removes fine detail, JPEG changes pixels but stays close; all stay in [0, 1]."""
+    from cxr_core.preprocess import GaussianNoise, LowResolution, RandomGamma, RandomJPEG
+
+    x = torch.from_numpy(standardise(CHEST, 128)).float().div(255).unsqueeze(0)
+    torch.manual_seed(0)
+    dark = RandomGamma((1.4, 1.4))(x)
+    assert torch.allclose(dark, x.pow(1.4)) and dark.mean() < x.mean()
+    noisy = GaussianNoise((0.03, 0.03))(x)
+    assert 0.02 < float((noisy - x).std()) < 0.035
+    def detail(t: torch.Tensor) -> float:  # mean |Laplacian|: fine detail
+        c = t[..., 1:-1, 1:-1]
+        return float((4 * c - t[..., 2:, 1:-1] - t[..., :-2, 1:-1] - t[..., 1:-1, 2:] - t[..., 1:-1, :-2]).abs().mean())
+
+    low = LowResolution((32, 32))(x)
+    assert low.shape == x.shape and detail(low) < 0.5 * detail(x)
+    jpeg = RandomJPEG((30, 30))(x)
+    assert jpeg.shape == x.shape and not torch.equal(jpeg, x) and float((jpeg - x).abs().mean()) < 0.03
+    for y in (dark, noisy, low, jpeg):
+        assert y.min() >= 0.0 and y.max() <= 1.0
 
 
 # --- real data -----------------------------------------------------------------------------------------------

@@ -55,7 +55,7 @@ from cxr_core.timing import time_each
 from cxr_core.provenance import code_version, cpu_model, sha256_file
 from cxr_core.classify.val import compute_metrics, reliability
 from cxr_core.models import SPECS, build_model, checkpoint_classes, count_params, freeze
-from cxr_core.preprocess import to_model_tensor, train_augmentation
+from cxr_core.preprocess import AUGMENTATIONS, to_model_tensor, train_augmentation
 
 FRONTAL_ONLY = "Frontal (PA/AP) radiographs only; lateral views, CT and other body parts are out of scope."
 KNOWN_LIMITS = [
@@ -85,9 +85,9 @@ def seed_everything(seed: int) -> None:
 class AugmentedImages(Dataset):
     """uint8 cache -> augmented model tensors, one sample at a time (augmentation is per image)."""
 
-    def __init__(self, split: CachedSplit, family: str, augment: bool) -> None:
+    def __init__(self, split: CachedSplit, family: str, augment: bool, kind: str = "standard") -> None:
         self.split, self.family = split, family
-        self.augment = train_augmentation(split.images.shape[-1]) if augment else None
+        self.augment = train_augmentation(split.images.shape[-1], kind) if augment else None
 
     def __len__(self) -> int:
         return len(self.split.labels)
@@ -168,6 +168,12 @@ def probe_precision(build: Any, size: int, batch: int = 16, seconds: float = 20.
     return {"precision": best, "img_per_s": {k: round(v, 2) for k, v in rates.items()}, "probe_batch": batch}
 
 
+AUGMENTATION_TEXT = {  # preprocess.train_augmentation, in words, for the card
+    "standard": "rotation +-10 deg, shift 6 %, zoom 0.9-1.1, brightness/contrast 0.2, light blur; no flips",
+    "acquisition": "rotation +-10 deg, shift 6 %, zoom 0.9-1.1, brightness/contrast 0.2; gamma 0.65-1.5 (p 0.3), "
+                   "blur sigma 0.3-2.2 (p 0.25), low resolution 1/3-3/4 (p 0.15), JPEG q 25-75 (p 0.15), "
+                   "Gaussian noise sd 0.005-0.035 (p 0.3); no flips",
+}
 PAPER_LR_STEP = 5  # the paper halves the learning rate every 5 epochs
 OPTIMIZERS: dict[str, Any] = {  # ModelSpec.optimizer -> (parameters, lr) -> optimiser
     "RMSprop": lambda params, lr: torch.optim.RMSprop(params, lr=lr),  # the paper's V-BreathNet
@@ -175,8 +181,22 @@ OPTIMIZERS: dict[str, Any] = {  # ModelSpec.optimizer -> (parameters, lr) -> opt
 }
 
 
-def lr_schedule(epoch: int, base_lr: float, step: int = PAPER_LR_STEP) -> float:
-    """Halve every `step` epochs, never below 1e-6: longer runs need a longer step or they idle at 1e-6."""
+SCHEDULES = ("step", "cosine")  # cfg/classify.yaml `schedule`
+
+
+def lr_schedule(epoch: int, base_lr: float, step: int = PAPER_LR_STEP, schedule: str = "step",
+                epochs: int | None = None) -> float:
+    """The learning rate of `epoch` (0-based), never below 1e-6.
+
+    "step" (the paper): halve every `step` epochs; longer runs need a longer step or they idle at 1e-6.
+    "cosine": from `base_lr` down to 0 over `epochs` (half a cosine), used for a second stage that
+    starts from trained weights (`init_from`): no restart at a high rate that would undo them."""
+    if schedule == "cosine":
+        if not epochs:
+            raise ValueError("the cosine schedule needs the run's number of epochs")
+        return max(base_lr * 0.5 * (1.0 + float(np.cos(np.pi * epoch / epochs))), 1e-6)
+    if schedule != "step":
+        raise ValueError(f"schedule must be one of {', '.join(SCHEDULES)}, not {schedule!r}")
     return max(base_lr * 0.5 ** (epoch // step), 1e-6)
 
 
@@ -268,7 +288,9 @@ def train_full(model: nn.Module, name: str, train: CachedSplit, val: CachedSplit
     family = SPECS[name].family
     run = Run(f"{name}-{train.images.shape[-1]}px{'-lungcrop' if args.lung_crop else ''}"
               f"{f'-lrstep{args.lr_step}' if args.lr_step != PAPER_LR_STEP else ''}"
-              f"{f'-ema{args.ema}' if args.ema else ''}{classes_tag(args.classes)}", args.state_dir)
+              f"{f'-ema{args.ema}' if args.ema else ''}{f'-{args.schedule}' if args.schedule != 'step' else ''}"
+              f"{f'-{args.augment}' if args.augment != 'standard' else ''}{'-init' if args.init_from else ''}"
+              f"{classes_tag(args.classes)}", args.state_dir)
     segment_start = time.time()
     size = train.images.shape[-1]
     if args.precision == "auto":
@@ -292,6 +314,16 @@ def train_full(model: nn.Module, name: str, train: CachedSplit, val: CachedSplit
     if not args.resume and run.dir.exists():
         for f in (run.last, run.best):
             f.unlink(missing_ok=True)
+    if args.init_from and not (args.resume and run.last.exists()):
+        # a second stage: start from trained weights (fresh optimiser), not from a random initialisation
+        init = torch.load(args.init_from, map_location="cpu", weights_only=True)
+        if int(init.get("input_size", size)) != size:
+            raise SystemExit(f"{args.init_from} is a model at {init['input_size']} px, not {size} px")
+        model.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in init["state_dict"].items()})
+        if ema is not None:  # the average starts from the same weights
+            ema = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(args.ema), use_buffers=True)
+            scored = ema.module
+        run.write_log(f"initialised from {args.init_from} (sha256 {sha256_file(args.init_from)[:12]})")
     if args.resume and run.last.exists():
         ckpt = torch.load(run.last, map_location="cpu", weights_only=True)
         if ckpt["state"].get("size", size) != size:
@@ -308,7 +340,7 @@ def train_full(model: nn.Module, name: str, train: CachedSplit, val: CachedSplit
                "epoch_from": state["epoch"], "epoch_to": state["epoch"], "minutes": 0.0}
     state["segments"].append(segment)
     loader = DataLoader(
-        AugmentedImages(train, family, augment=True),
+        AugmentedImages(train, family, augment=True, kind=args.augment),
         batch_size=args.batch,
         sampler=balanced_sampler(train.labels, args.seed + state["epoch"]),
         num_workers=0,
@@ -326,7 +358,7 @@ def train_full(model: nn.Module, name: str, train: CachedSplit, val: CachedSplit
                                  f"state in {run.dir}")
         torch.manual_seed(args.seed + epoch)
         loader.sampler.generator.manual_seed(args.seed + epoch)  # type: ignore[union-attr]
-        lr = lr_schedule(epoch, args.lr, args.lr_step)
+        lr = lr_schedule(epoch, args.lr, args.lr_step, args.schedule, args.epochs)
         for g in opt.param_groups:
             g["lr"] = lr
         model.train()
@@ -543,8 +575,9 @@ def rescore(args: argparse.Namespace) -> None:
 
 
 # config key -> argparse destination, for the keys of cfg/classify.yaml
-CONFIG_DEST = {"size": "size", "epochs": "epochs", "batch": "batch", "lr": "lr", "lr_step": "lr_step", "ema": "ema",
-               "views": "views", "precision": "precision"}
+CONFIG_DEST = {"size": "size", "epochs": "epochs", "batch": "batch", "lr": "lr", "lr_step": "lr_step",
+               "schedule": "schedule", "ema": "ema", "views": "views", "augment": "augment",
+               "init_from": "init_from", "precision": "precision"}
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
@@ -562,6 +595,12 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     ap.add_argument("--batch", type=int)
     ap.add_argument("--lr", type=float)
     ap.add_argument("--lr-step", type=int, help=f"halve the lr every N epochs (paper: {PAPER_LR_STEP})")
+    ap.add_argument("--schedule", choices=SCHEDULES, help="step: halve every --lr-step epochs (paper); "
+                    "cosine: from --lr to 0 over --epochs (a second stage from --init-from)")
+    ap.add_argument("--augment", choices=AUGMENTATIONS, help="full mode: standard (positioning, exposure) or "
+                    "acquisition (also gamma, noise, blur, JPEG, low resolution; see preprocess.train_augmentation)")
+    ap.add_argument("--init-from", type=Path, metavar="WEIGHTS.pt",
+                    help="full mode: start from these weights (e.g. weights/vbreathnet.pt) instead of a random initialisation")
     ap.add_argument("--ema", type=float, help="full mode: keep and score an EMA of the weights with this decay per step (0: off)")
     ap.add_argument("--views", type=int, help="head mode: clean + augmented views of the train split")
     ap.add_argument("--lung-crop", type=Path, default=None, help="CSV of chest boxes (python -m cxr_core.lungs crop-boxes)")
@@ -584,6 +623,10 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     args = ap.parse_args(argv)
     if not recipe["quality_filter"]:
         args.no_quality_filter = True
+    if args.init_from is not None:
+        args.init_from = Path(args.init_from)
+        if not args.init_from.is_file():
+            ap.error(f"--init-from {args.init_from}: no such weights file")
     if args.precision not in ("auto",) + PRECISIONS:
         ap.error(f"precision must be one of auto, {', '.join(PRECISIONS)} (config said {args.precision!r})")
     args.argv = list(argv) if argv is not None else sys.argv[1:]
@@ -592,7 +635,10 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 
 def resolved_config(args: argparse.Namespace) -> dict[str, Any]:
     """The recipe that ran (cfg/classify.yaml keys), for the model card."""
-    return {key: getattr(args, dest) for key, dest in CONFIG_DEST.items()} | {"quality_filter": not args.no_quality_filter}
+    out = {key: getattr(args, dest) for key, dest in CONFIG_DEST.items()} | {"quality_filter": not args.no_quality_filter}
+    if out["init_from"] is not None:
+        out["init_from"] = str(out["init_from"])
+    return out
 
 
 def main(argv: Sequence[str] | None = None) -> None:
@@ -653,8 +699,19 @@ def main(argv: Sequence[str] | None = None) -> None:
     if any(seg["precision"].startswith("bf16") for seg in state.get("segments", [])):
         deviations.append("Trained under bf16 autocast on CPU (chosen by a speed probe); scored and shipped in fp32.")
     deviations += spec.deviations
-    if args.lr_step != PAPER_LR_STEP:
+    stage1: dict[str, Any] | None = None
+    if args.init_from:  # the run that made the starting weights, as its card recorded it
+        init_card = args.init_from.with_suffix(".json")
+        stage1 = json.loads(init_card.read_text())["training"] if init_card.is_file() else None
+        deviations.append(f"Two stages: {stage1['epochs'] if stage1 else '?'} epochs of the recipe in "
+                          f"training.init_from, then {state['epoch']} epochs from those weights (this card's schedule).")
+    if args.schedule == "cosine":
+        deviations.append(f"Learning rate from {args.lr:g} to 0 over {args.epochs} epochs (cosine) instead of the paper's steps.")
+    elif args.lr_step != PAPER_LR_STEP:
         deviations.append(f"Learning rate halved every {args.lr_step} epochs instead of the paper's {PAPER_LR_STEP}.")
+    if args.augment == "acquisition":
+        deviations.append("Acquisition augmentation (gamma, noise, blur, JPEG, low resolution) on top of the paper's: "
+                          "the shift probe's perturbations lie inside its ranges, so those probe rows measure seen shifts.")
     if args.ema:
         deviations.append(f"Scored and shipped an exponential moving average of the weights (decay {args.ema} per step).")
     if args.lung_crop:
@@ -695,9 +752,12 @@ def main(argv: Sequence[str] | None = None) -> None:
             "epochs": state["epoch"], "best_epoch": state.get("best_epoch"), "seconds": state["seconds"],
             "batch": args.batch, "lr": args.lr, "seed": args.seed, "threads": args.threads,
             "optimizer": spec.optimizer,
-            "schedule": f"lr halved every {args.lr_step} epochs (min 1e-6)", "balanced_sampling": True,
+            "schedule": (f"cosine from {args.lr:g} to 0 over {args.epochs} epochs" if args.schedule == "cosine"
+                         else f"lr halved every {args.lr_step} epochs (min 1e-6)"), "balanced_sampling": True,
             "weight_ema": args.ema if mode == "full" else 0.0,
-            "augmentation": "rotation +-10 deg, shift 6 %, zoom 0.9-1.1, brightness/contrast 0.2, light blur; no flips",
+            "augmentation": AUGMENTATION_TEXT[args.augment if mode == "full" else "standard"],
+            **({"init_from": {"weights": str(args.init_from), "sha256": sha256_file(args.init_from),
+                              "training": stage1}} if args.init_from else {}),
             "history": state["history"],
             "segments": state.get("segments", []),
             "command": "python -m cxr_core.train " + " ".join(args.argv),

@@ -88,6 +88,49 @@ def sanity_note(sanity: Mapping[str, Any] | None, method: str) -> tuple[str, str
                        f"{label}): treat them as a rough hint only.")
 
 
+SANITY_NOTE = (
+    "Heatmap sanity checks on 30 class-balanced test films (`python -m cxr_core.explain sanity --n 30 --model NAME`, "
+    "`weights/explain_sanity_NAME.json`). Randomisation (Adebayo et al. 2018): the map of the trained model against "
+    "the map of the same network with random weights; low correlation is a pass. Deletion: the predicted-class "
+    "probability while pixels are removed most-salient-first against random order (area under the curve; lower "
+    "salient = pass). Removed pixels take a blurred copy's values ('blur'), or are re-filled from their neighbours "
+    "(ROAD, Rong et al. 2022), which leaves no salt-and-pepper artefact where random pixels are scattered."
+)
+
+
+def sanity_table(results: Mapping[str, Mapping[str, Any] | None]) -> pd.DataFrame:
+    """One row per model with a sanity result: the numbers behind each check and whether it passed."""
+    from cxr_core.classify.explain import METHODS
+    from cxr_core.ui.cards import display_name
+
+    def verdict(passed: Mapping[str, Any], key: str) -> str:
+        return "" if key not in passed else ("pass" if passed[key] else "FAIL")
+
+    rows = []
+    for name, r in results.items():
+        if not r:
+            continue
+        rnd, dele, road = r.get("randomisation") or {}, r.get("deletion") or {}, r.get("road") or {}
+        passed = r.get("passed") or {}
+        rows.append({
+            "Model": display_name(name),
+            "method (layer)": f"{METHODS[r['method']][1] if r.get('method') in METHODS else r.get('method')} "
+                              f"({r.get('cam_layer', '?')})",
+            "films": r.get("n_images"),
+            "Spearman trained vs random": rnd.get("spearman_mean"),
+            "randomisation": verdict(passed, "randomisation_spearman_below_0.5"),
+            "blur deletion AUC: salient / random pixels": _pair(dele, "auc_salient_mean", "auc_random_mean"),
+            "blur deletion": verdict(passed, "deletion_salient_below_random"),
+            "ROAD deletion AUC: salient / random pixels": _pair(road, "auc_salient_mean", "auc_random_mean"),
+            "ROAD deletion": verdict(passed, "road_salient_below_random") or "not run",
+        })
+    return pd.DataFrame(rows)
+
+
+def _pair(d: Mapping[str, Any], a: str, b: str) -> str:
+    return f"{d[a]:.3f} / {d[b]:.3f}" if a in d and b in d else ""
+
+
 def sanity_warning(sanity: Mapping[str, Any] | None, method: str | None = None) -> str | None:
     """The warning text when the shown method's heatmaps failed a sanity check, else None."""
     level, text = sanity_note(sanity, method or str((sanity or {}).get("method") or ""))

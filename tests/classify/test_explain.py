@@ -289,6 +289,42 @@ def test_deletion_curve_salient_order_beats_random_on_a_known_model() -> None:
     assert len(p_patch) == 11 and np.trapezoid(p_sal2, fr2) < np.trapezoid(p_patch, fr2)
 
 
+def test_road_salient_order_beats_random_on_a_known_model() -> None:
+    from cxr_core.classify.sanity import road_curve
+
+    clf = Classifier("vbreathnet", SPECS["vbreathnet"], _RegionModel(), 64, 1.0)
+    std = np.full((64, 64), 60, np.uint8)
+    std[:32, :32] = 250
+    saliency = np.zeros((64, 64), np.float32)
+    saliency[:32, :32] = 1.0
+    fr, p_sal, p_rnd = road_curve(clf, std, saliency, 0)
+    assert len(fr) == len(p_sal) == len(p_rnd) == 10 and p_sal[0] == pytest.approx(p_rnd[0])
+    # imputing the bright quarter from its dark surroundings removes the evidence; random pixels are
+    # re-filled from bright neighbours and leave it
+    assert np.trapezoid(p_sal, fr) < np.trapezoid(p_rnd, fr) and p_rnd[5] > p_sal[5]
+
+
+@requires_cxr3
+def test_road_imputation_leaves_no_scatter_artefact_where_blur_replacement_does() -> None:
+    """The reason the ROAD check exists: 30 % random pixels replaced by a heavily blurred copy is
+    salt-and-pepper noise on a real film; imputed from their neighbours they nearly vanish."""
+    import cv2
+
+    from cxr_core.classify.sanity import road_impute
+    from cxr_core.data import sample_balanced
+    from cxr_core.io import load_image
+    from cxr_core.preprocess import standardise
+
+    path, _ = sample_balanced(1, settings.SEED)[0]
+    std = standardise(load_image(path).pixels, 128).astype(np.float32) / 255.0
+    removed = np.random.default_rng(0).random(std.shape) < 0.3
+    blurred = np.where(removed, cv2.GaussianBlur(std, (0, 0), 128 / 16.0), std)
+    imputed = road_impute(std, removed, noise=0.0)
+    err_blur, err_road = (float(np.abs(x - std)[removed].mean()) for x in (blurred, imputed))
+    assert err_road < 0.5 * err_blur, (err_road, err_blur)
+    assert np.array_equal(imputed[~removed], std[~removed])  # kept pixels are untouched
+
+
 def test_randomised_copy_differs_and_is_frozen(vbn: Classifier) -> None:
     rand = E.randomised_copy(vbn)
     assert rand.input_size == vbn.input_size and rand.name == vbn.name
@@ -333,7 +369,7 @@ def test_trained_vbreathnet_gradcam_on_cam_layer() -> None:
 @requires_cxr3
 @requires_vbreathnet
 def test_sanity_randomisation_on_real_images() -> None:
-    result = E.run_sanity(n=9, model="vbreathnet", steps=10)
+    result = E.run_sanity(n=9, model="vbreathnet", steps=10, road=False)
     assert result["n_images"] == 9
     rho = result["randomisation"]["spearman_mean"]
     assert rho < 0.5, f"Grad-CAM of trained vs random V-BreathNet correlates too much (rho={rho:.2f})"
@@ -346,7 +382,7 @@ def test_deletion_curve_salient_first_beats_random_on_real_images() -> None:
 
     Asserted for MobileNetV2 (7x7 Grad-CAM). The 128 px V-BreathNet's 4x4 Grad-CAM does NOT pass this
     check (weights/explain_sanity_vbreathnet.json); the app says so next to its heatmaps."""
-    result = E.run_sanity(n=9, model="mobilenet_v2", steps=10)
+    result = E.run_sanity(n=9, model="mobilenet_v2", steps=10, road=False)
     d = result["deletion"]
     assert d["auc_salient_mean"] < d["auc_random_mean"], d
 
@@ -403,7 +439,10 @@ def test_sanity_cli_writes_json(fake_weights) -> None:
     assert {"spearman_mean", "n_constant_maps"} <= set(data["randomisation"])
     assert {"auc_salient_mean", "auc_random_mean", "auc_random_patches_mean", "curve_salient_mean"} <= set(data["deletion"])
     assert len(data["deletion"]["fractions"]) == 5
-    assert set(data["passed"]) == {"randomisation_spearman_below_0.5", "deletion_salient_below_random"}
+    assert set(data["passed"]) == {"randomisation_spearman_below_0.5", "deletion_salient_below_random",
+                                   "road_salient_below_random"}
+    assert data["road"]["fractions"] == [0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9]
+    assert {"road_auc_salient", "road_auc_random"} <= set(data["images"][0])
 
 
 @requires_cxr3

@@ -373,6 +373,34 @@ def test_sanity_note_names_the_method_shown():
     assert dashboard.sanity_warning(grad, "gradcam") and dashboard.sanity_warning(ok, "gradcam") is None
 
 
+def test_sanity_table_reports_each_check_with_its_numbers():
+    """The comparison page's sanity table: committed results as they are, ROAD marked 'not run' when a
+    result predates it, and a model without a result left out."""
+    import json
+
+    from cxr_core import explain
+
+    with_road = {"method": "gradcam", "cam_layer": "features.27 (BatchNorm2d)", "n_images": 30,
+                 "randomisation": {"spearman_mean": -0.05},
+                 "deletion": {"auc_salient_mean": 0.732, "auc_random_mean": 0.660},
+                 "road": {"auc_salient_mean": 0.41, "auc_random_mean": 0.83},
+                 "passed": {"randomisation_spearman_below_0.5": True, "deletion_salient_below_random": False,
+                            "road_salient_below_random": True}}
+    old = json.loads(json.dumps(with_road))
+    del old["road"], old["passed"]["road_salient_below_random"]
+    table = dashboard.sanity_table({"vbreathnet": with_road, "mobilenet_v2": old, "vgg16": None})
+    assert len(table) == 2
+    row, prior = table.iloc[0], table.iloc[1]
+    assert row["method (layer)"] == "Grad-CAM (features.27 (BatchNorm2d))" and row["films"] == 30
+    assert (row["randomisation"], row["blur deletion"], row["ROAD deletion"]) == ("pass", "FAIL", "pass")
+    assert row["blur deletion AUC: salient / random pixels"] == "0.732 / 0.660"
+    assert row["ROAD deletion AUC: salient / random pixels"] == "0.410 / 0.830"
+    assert prior["ROAD deletion"] == "not run" and prior["ROAD deletion AUC: salient / random pixels"] == ""
+    committed = {n: explain.sanity_result(n) for n in settings.CLASSIFIERS}
+    if any(committed.values()):  # the committed files read without error, one row each
+        assert len(dashboard.sanity_table(committed)) == sum(1 for r in committed.values() if r)
+
+
 def test_sanity_result_is_looked_up_per_method(tmp_path, monkeypatch):
     import json
 
