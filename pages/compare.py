@@ -112,7 +112,7 @@ for name, pair in pairs.items():
                 "factor, the input size (`--size`) or a crop of every image to the lung bounding box from the lung "
                 "segmenter (`--lung-crop`). A warning below lists any other difference between the runs.")
     st.table(dashboard.styled(dashboard.ablation_table(pair)))
-    choice = dashboard.ablation_choice(pair)
+    choice = dashboard.ablation_choice(pair, probe_views.probes_for(pair))
     if choice:
         (st.warning if dashboard.ablation_mismatch(pair) else st.markdown)(choice)
     st.table(dashboard.comparison_styler(dashboard.summary_table(pair, split).drop(columns=["Status"])))

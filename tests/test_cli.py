@@ -334,6 +334,33 @@ def test_shipped_vbreathnet_is_the_paper_model_at_the_paper_size() -> None:
     assert not (settings.WEIGHTS_DIR / "checkpoints" / "vbreathnet-256").exists()
 
 
+COMMITTED_STATES = sorted((settings.WEIGHTS_DIR / "checkpoints").glob("*/last.pt"))
+
+
+@pytest.mark.skipif(not COMMITTED_STATES, reason="no training run in progress (weights/checkpoints/*/last.pt)")
+@pytest.mark.parametrize("last", COMMITTED_STATES, ids=lambda p: p.parent.name)
+def test_a_committed_training_state_loads_into_the_current_code(last: Path) -> None:
+    """A run spanning sessions commits its state; the next session resumes it with today's code. Model,
+    optimiser and (when used) the EMA must load exactly, and the state must say where it stands."""
+    import torch
+    from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+
+    from cxr_core.models import SPECS, build_model
+
+    ckpt = torch.load(last, map_location="cpu", weights_only=True)
+    state = ckpt["state"]
+    model, _ = build_model("vbreathnet", input_size=state["size"], imagenet=False)
+    model.load_state_dict(ckpt["model"])  # strict: every key and shape of today's architecture
+    opt = train.OPTIMIZERS[SPECS["vbreathnet"].optimizer](model.parameters(), 1e-3)
+    opt.load_state_dict(ckpt["optimizer"])
+    if "ema" in ckpt:
+        AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(0.9), use_buffers=True).load_state_dict(ckpt["ema"])
+    assert 0 < state["epoch"] == len(state["history"]) and state["segments"][0]["epoch_from"] == 0
+    assert (last.parent / "best.pt").is_file() and last.stat().st_size < 10_500_000
+    log = (last.parent / "log.txt").read_text()
+    assert "precision" in log and f'"epoch": {state["epoch"]}' in log
+
+
 def test_temperature_is_the_nll_minimum_even_on_a_tiny_badly_separated_set() -> None:
     """24 validation logits that LBFGS on log T stepped to NaN with (seen in the budget test): the
     fitted T must be finite, inside its bounds and no worse than any T on a fine grid."""

@@ -323,7 +323,9 @@ def train_full(model: nn.Module, name: str, train: CachedSplit, val: CachedSplit
         if ema is not None:  # the average starts from the same weights
             ema = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(args.ema), use_buffers=True)
             scored = ema.module
-        run.write_log(f"initialised from {args.init_from} (sha256 {sha256_file(args.init_from)[:12]})")
+        # the checksum of the file as it was when the run started (a later rescore may rewrite it)
+        state["init_from"] = {"weights": str(args.init_from), "sha256": sha256_file(args.init_from)}
+        run.write_log(f"initialised from {args.init_from} (sha256 {state['init_from']['sha256'][:12]})")
     if args.resume and run.last.exists():
         ckpt = torch.load(run.last, map_location="cpu", weights_only=True)
         if ckpt["state"].get("size", size) != size:
@@ -756,8 +758,9 @@ def main(argv: Sequence[str] | None = None) -> None:
                          else f"lr halved every {args.lr_step} epochs (min 1e-6)"), "balanced_sampling": True,
             "weight_ema": args.ema if mode == "full" else 0.0,
             "augmentation": AUGMENTATION_TEXT[args.augment if mode == "full" else "standard"],
-            **({"init_from": {"weights": str(args.init_from), "sha256": sha256_file(args.init_from),
-                              "training": stage1}} if args.init_from else {}),
+            **({"init_from": (state.get("init_from") or {"weights": str(args.init_from),
+                                                          "sha256": sha256_file(args.init_from)}) | {"training": stage1}}
+               if args.init_from else {}),
             "history": state["history"],
             "segments": state.get("segments", []),
             "command": "python -m cxr_core.train " + " ".join(args.argv),

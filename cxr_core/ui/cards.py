@@ -279,6 +279,15 @@ def ablation_pairs(cards: Mapping[str, Mapping[str, Any] | None]) -> dict[str, d
     return groups
 
 
+def ablation_stem(label: str) -> str | None:
+    """The file stem behind an `ablation_pairs` key: 'vbreathnet (128px)' -> 'vbreathnet__128px', a shipped
+    model's key is its own stem, and an unnamed '(variant)' has none of its own (None)."""
+    if not label.endswith(")") or " (" not in label:
+        return label
+    name, suffix = label[:-1].split(" (", 1)
+    return None if suffix == "variant" else f"{name}__{suffix}"
+
+
 def ablation_table(pair: Mapping[str, Mapping[str, Any]]) -> pd.DataFrame:
     """Validation and test side by side: the default is chosen on validation, test only reports it."""
     rows = []
@@ -320,17 +329,27 @@ def ablation_mismatch(pair: Mapping[str, Mapping[str, Any]]) -> list[str]:
     return out
 
 
-def ablation_choice(pair: Mapping[str, Mapping[str, Any]]) -> str | None:
-    """Which variant the selection rule (higher validation accuracy) keeps as the shipped default."""
-    scored = {display_name(n, c): _num(split_metrics(c, "val").get("accuracy")) for n, c in pair.items()}
-    if len(scored) < 2 or any(math.isnan(v) for v in scored.values()):
+def ablation_choice(pair: Mapping[str, Mapping[str, Any]],
+                    probes: Mapping[str, Mapping[str, Any]] | None = None) -> str | None:
+    """Which variant the selection rule (`cxr_core.classify.select`: validation accuracy within one
+    standard error, then the least reading from outside the lungs) keeps as the shipped default.
+    `probes` are the probe results by the pair's keys (`ui.probes.probes_for`)."""
+    from cxr_core.classify.select import Candidate, choose
+
+    candidates = []
+    for n, c in pair.items():
+        m = split_metrics(c, "val")
+        acc = _num(m.get("accuracy"))
+        if math.isnan(acc):
+            return None
+        candidates.append(Candidate(display_name(n, c), acc, int(m.get("n") or 0), (probes or {}).get(n)))
+    if len(candidates) < 2:
         return None
-    best = max(scored, key=scored.get)
-    others = ", ".join(f"{n} {v:.3f}" for n, v in scored.items() if n != best)
+    choice = choose(candidates)
     mismatch = ablation_mismatch(pair)
     caveat = (f" The runs differ in more than the factor under study ({'; '.join(mismatch)}): not a like-for-like comparison."
               if mismatch else "")
-    return f"Default by the rule (higher validation accuracy): **{best}** ({scored[best]:.3f} vs {others}).{caveat}"
+    return f"Default by the selection rule: **{choice.chosen}**. {choice.explanation}{caveat}"
 
 
 def versus_statement(cards: Mapping[str, Mapping[str, Any] | None], model: str = "vbreathnet",
@@ -661,10 +680,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"\n{note}")
     print("\n### Per source / age group (test split)\n")
     print(markdown_table(per_group_table(cards)))
+    from cxr_core.ui.probes import probes_for
+
     pairs = ablation_pairs(cards)
     if pairs:
         print("\n### Ablations (shipped model beside runs at another input size or on images cropped to the segmented lungs)")
     for pair in pairs.values():
         print("\n" + markdown_table(ablation_table(pair)))
-        print("\n" + (ablation_choice(pair) or ""))
+        print("\n" + (ablation_choice(pair, probes_for(pair)) or ""))
     return 0

@@ -40,6 +40,16 @@ def load_probes(names: tuple[str, ...] = settings.CLASSIFIERS) -> dict[str, dict
     return out
 
 
+def probes_for(pair: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
+    """Probe results for the keys of an ablation group (`ablation_pairs`), from docs/probes/<stem>.json
+    (e.g. vbreathnet__128px.json for 'vbreathnet (128px)'); keys without a file are left out."""
+    from cxr_core.ui.cards import ablation_stem
+
+    stems = {key: ablation_stem(key) for key in pair}
+    found = load_probes(tuple(s for s in stems.values() if s))
+    return {key: found[stem] for key, stem in stems.items() if stem in found}
+
+
 def probe_table(probes: Mapping[str, Mapping[str, Any]]) -> pd.DataFrame:
     """One row per model: as-is, context-only and the worst shift, accuracy and share answered."""
     rows = []

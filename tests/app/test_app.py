@@ -353,7 +353,7 @@ def test_compare_page_flags_an_ablation_with_another_recipe(weights):
     at = _app()
     at.switch_page("pages/compare.py").run()
     assert not at.exception, at.exception
-    assert "Default by the rule (higher validation accuracy): **V-BreathNet**" in _texts(at, "markdown")
+    assert "Default by the selection rule: **V-BreathNet**" in _texts(at, "markdown")
     assert "like-for-like" not in _texts(at, "warning")
     variant["training"]["epochs"] = 30
     (weights / "ablations" / "vbreathnet.json").write_text(json.dumps(variant))

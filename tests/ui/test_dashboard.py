@@ -262,8 +262,18 @@ def test_ablation_default_is_chosen_on_validation_not_test(weights):
     variant["metrics"]["val"]["accuracy"] = 0.95  # better on val, still worse on test: the rule follows val
     path.write_text(json.dumps(variant))
     pair = dashboard.ablation_pairs(dashboard.load_cards())["mobilenet_v2"]
-    assert "**MobileNetV2 + lung crop** (0.950 vs MobileNetV2 0.910)" in dashboard.ablation_choice(pair)
+    assert dashboard.ablation_choice(pair).startswith("Default by the selection rule: **MobileNetV2 + lung crop**. Only")
     assert "not a like-for-like" not in dashboard.ablation_choice(pair)
+    # within one standard error of each other, the probes decide: the variant answers more lung-less films
+    variant["metrics"]["val"]["accuracy"] = 0.915
+    path.write_text(json.dumps(variant))
+    pair = dashboard.ablation_pairs(dashboard.load_cards())["mobilenet_v2"]
+    shortcut = {"context_only": {"coverage": 0.6}, "shifts": {"blur": {"accuracy_drop": 0.02}}}
+    lungs = {"context_only": {"coverage": 0.1}, "shifts": {"blur": {"accuracy_drop": 0.05}}}
+    keys = list(pair)
+    text = dashboard.ablation_choice(pair, {keys[0]: lungs, keys[1]: shortcut})
+    assert text.startswith("Default by the selection rule: **MobileNetV2**.") and "60% answered" in text
+    assert "No probe result for MobileNetV2 + lung crop" in dashboard.ablation_choice(pair, {keys[0]: lungs})
 
 
 def test_ablation_with_another_recipe_is_flagged(weights):
