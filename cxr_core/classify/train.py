@@ -631,6 +631,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
             ap.error(f"--init-from {args.init_from}: no such weights file")
     if args.precision not in ("auto",) + PRECISIONS:
         ap.error(f"precision must be one of auto, {', '.join(PRECISIONS)} (config said {args.precision!r})")
+    for key, allowed in (("schedule", SCHEDULES), ("augment", AUGMENTATIONS)):  # a config file skips argparse's choices
+        if getattr(args, key) not in allowed:
+            ap.error(f"{key} must be one of {', '.join(allowed)} (config said {getattr(args, key)!r})")
     args.argv = list(argv) if argv is not None else sys.argv[1:]
     return args
 

@@ -57,6 +57,19 @@ def test_train_cli_reads_the_config_and_flags_win(tmp_path: Path) -> None:
         train.parse_args(["--model", "vbreathnet", "--config", str(f)])
 
 
+def test_second_stage_keys_from_a_config_file_are_checked(tmp_path: Path, capsys) -> None:
+    f = tmp_path / "stage2.yaml"
+    f.write_text("schedule: cosine\naugment: acquisition\n")
+    args = train.parse_args(["--model", "vbreathnet", "--config", str(f)])
+    assert (args.schedule, args.augment, args.init_from) == ("cosine", "acquisition", None)
+    for bad, key in (("schedule: linear\n", "schedule"), ("augment: heavy\n", "augment"),
+                     (f"init_from: {tmp_path / 'none.pt'}\n", "--init-from")):
+        f.write_text(bad)
+        with pytest.raises(SystemExit):
+            train.parse_args(["--model", "vbreathnet", "--config", str(f)])
+        assert key in capsys.readouterr().err
+
+
 def test_detector_config_accepts_ultralytics_arguments_and_refuses_typos(tmp_path: Path) -> None:
     pytest.importorskip("ultralytics")
     from cxr_core.detection.train import load_config
