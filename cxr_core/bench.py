@@ -9,7 +9,9 @@ when ../shared is absent or with --synthetic):
 * quality_metrics  `assess(check_plausibility=False)`: contrast, blur, exposure only
 * quality      `cxr_core.gate.quality.assess` with the not-a-CXR check, as the app runs it
 * preprocess   `image_to_tensor` for each input family in use
-* forward_X    one forward pass of each classifier with trained weights (batch 1)
+* forward_X    one forward pass of each classifier with trained weights (batch 1), channels_last as
+               the app loads it; forward_X_contiguous the same in the default layout (the ratio is
+               `ratios.channels_last_over_contiguous_X`)
 * gradcam_X    `explain(clf, image)` for each classifier (preprocess + forward + backward + resize,
                i.e. what the app pays for a heatmap)
 * detector     `cxr_core.detect.detect` (if importable and weights/detector.pt exists)
@@ -26,6 +28,7 @@ same cost) and the JSON says so.
 from __future__ import annotations
 
 import argparse
+import copy
 import gc
 import importlib
 import io as _io
@@ -134,6 +137,7 @@ def _classifiers(only: Sequence[str] | None = None) -> tuple[dict[str, Any], dic
         name = settings.DEFAULT_CLASSIFIER if not only else only[0]
         net, _ = build_model(name, imagenet=False)
         freeze(net)
+        net = net.to(memory_format=torch.channels_last)  # as load_classifier lays out trained weights
         clfs[name] = Classifier(name, SPECS[name], net, SPECS[name].default_size, 1.0)
         info[name] = {
             "weights": False,
@@ -225,6 +229,10 @@ def run_bench(
         xs = [clf.to_input(im) for im in images]
         with torch.inference_mode():
             stages[f"forward_{name}"] = stats(_time_each(lambda x, m=clf.model: m(x), xs, warmup))
+            # the default memory layout, against which load_classifier's channels_last was chosen
+            flat = copy.deepcopy(clf.model).to(memory_format=torch.contiguous_format)
+            stages[f"forward_{name}_contiguous"] = stats(_time_each(lambda x, m=flat: m(x), xs, warmup))
+            del flat
         stages[f"gradcam_{name}"] = stats(_time_each(lambda im, c=clf: explain(c, im), images, warmup))
         # batch throughput: standardised batch of `batch` images (repeating the sample if needed)
         b = max(1, batch)
@@ -286,6 +294,9 @@ def run_bench(
     for name in clfs:
         ratios[f"gradcam_over_forward_{name}"] = round(
             stages[f"gradcam_{name}"]["p50_ms"] / stages[f"forward_{name}"]["p50_ms"], 3
+        )
+        ratios[f"channels_last_over_contiguous_{name}"] = round(
+            stages[f"forward_{name}"]["p50_ms"] / stages[f"forward_{name}_contiguous"]["p50_ms"], 3
         )
     ratios["densenet121_reference"] = round(ref["densenet121"]["p50_ms"] / ref_mnv2, 3)
 

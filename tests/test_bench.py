@@ -62,6 +62,8 @@ def test_reference_and_ratios(tiny: dict) -> None:
         assert _positive(ratios[name]), name
         assert ratios[name] == pytest.approx(tiny["stages"][name]["p50_ms"] / ref["mobilenet_v2_p50_ms"], rel=0.01, abs=1e-3)
     assert _positive(ratios["gradcam_over_forward_vbreathnet"])
+    assert ratios["channels_last_over_contiguous_vbreathnet"] == pytest.approx(
+        tiny["stages"]["forward_vbreathnet"]["p50_ms"] / tiny["stages"]["forward_vbreathnet_contiguous"]["p50_ms"], rel=0.01)
 
 
 def test_batch_throughput(tiny: dict) -> None:
