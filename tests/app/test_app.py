@@ -340,6 +340,25 @@ def test_compare_page_with_cards(weights):
     at.segmented_control(key="cmp_split").set_value("val").run()
     assert not at.exception
     assert "Measured here: val accuracy" in at.table[0].value.columns
+    assert "No heatmap sanity results yet" in _texts(at, "info")
+
+
+def test_compare_page_shows_the_heatmap_sanity_table(weights):
+    import json
+
+    write_cards(weights, ("vbreathnet",))
+    (weights / "explain_sanity_vbreathnet.json").write_text(json.dumps({
+        "method": "gradcam", "cam_layer": "features.27 (BatchNorm2d)", "n_images": 30,
+        "randomisation": {"spearman_mean": -0.05}, "deletion": {"auc_salient_mean": 0.73, "auc_random_mean": 0.66},
+        "road": {"auc_salient_mean": 0.5, "auc_random_mean": 0.8},
+        "passed": {"randomisation_spearman_below_0.5": True, "deletion_salient_below_random": False,
+                   "road_salient_below_random": True}}))
+    at = _app()
+    at.switch_page("pages/compare.py").run()
+    assert not at.exception, at.exception
+    tables = [t.value for t in at.table if "ROAD deletion" in t.value.columns]
+    assert len(tables) == 1 and list(tables[0]["blur deletion"]) == ["FAIL"] and list(tables[0]["ROAD deletion"]) == ["pass"]
+    assert "Rong et al. 2022" in "".join(c.value for c in at.caption)
 
 
 def test_compare_page_flags_an_ablation_with_another_recipe(weights):
