@@ -264,6 +264,14 @@ def test_a_second_stage_starts_from_the_given_weights_and_says_so(tiny_manifest:
     assert any("Acquisition augmentation" in d for d in card["deviations"])
     with pytest.raises(SystemExit):
         train.main(common + ["--init-from", str(tmp_path / "missing.pt"), "--out-dir", str(isolated)])
+    # a candidate is evaluated from its own folder before it ships
+    out = tmp_path / "candidate.json"
+    evaluate.main(["--model", "vbreathnet", "--data", str(tiny_manifest), "--weights-dir", str(stage1),
+                   "--out", str(out), "--threads", "1"])
+    metrics = json.loads(out.read_text())
+    assert metrics["weights_dir"] == str(stage1) and metrics["n"] == 24
+    with pytest.raises(SystemExit):
+        evaluate.main(["--model", "vbreathnet", "--weights-dir", str(tmp_path / "nowhere")])
 
 
 @requires_cxr3

@@ -129,12 +129,13 @@ def ci_method(ids: pd.Series) -> dict[str, Any]:
 
 
 def predict_files(model_name: str, files: Sequence[str],
-                  on_image: Callable[[CXRImage], None] | None = None) -> tuple[np.ndarray, float]:
+                  on_image: Callable[[CXRImage], None] | None = None,
+                  weights_dir: Path | None = None) -> tuple[np.ndarray, float]:
     """Calibrated probabilities for files through the app's own path; mean single-image latency (ms).
 
     `on_image` sees each decoded image (the probes keep a working copy of it, so a file is decoded
     once per evaluation: a 12-bit DICOM costs hundreds of milliseconds)."""
-    clf = load_classifier(model_name)
+    clf = load_classifier(model_name, weights_dir)
     probs, times = [], []
     with torch.inference_mode():
         for f in tqdm(files, desc=f"evaluate {model_name}", mininterval=5):
@@ -178,14 +179,14 @@ def abstention_summary(y_true: np.ndarray, probs: np.ndarray, threshold: float,
 
 
 def probe_files(model_name: str, files: Sequence[str], labels: np.ndarray,
-                images: Sequence[np.ndarray] | None = None) -> dict[str, Any]:
+                images: Sequence[np.ndarray] | None = None, weights_dir: Path | None = None) -> dict[str, Any]:
     """Context-only and acquisition-shift probes (cxr_core.probes) with the shipped lung segmenter's
     masks; the context-only probe is left out, saying why, when the segmenter is not available.
     `images`: the files' working copies (`probes.working_copy`) when the caller already decoded them."""
     from cxr_core import segment as lung_task
     from cxr_core.classify import probes
 
-    clf = load_classifier(model_name)
+    clf = load_classifier(model_name, weights_dir)
     if images is None:
         images = [probes.working_copy(load_image(f).pixels) for f in tqdm(files, desc="decode for probes", mininterval=5)]
     try:
@@ -202,12 +203,15 @@ def probe_files(model_name: str, files: Sequence[str], labels: np.ndarray,
     return out
 
 
-def evaluate(model_name: str, data: Path, split: str | None = "test", with_probes: bool = False) -> dict[str, Any]:
+def evaluate(model_name: str, data: Path, split: str | None = "test", with_probes: bool = False,
+             weights_dir: Path | None = None) -> dict[str, Any]:
+    """Metrics (and with `with_probes` the probes) of `model_name`'s weights in `weights_dir` (default
+    settings.WEIGHTS_DIR; e.g. a training run's `--out-dir` candidate before it ships)."""
     from cxr_core.data import class_index, folder_manifest, read_manifest
 
     data = Path(data)
     is_folder = data.is_dir()
-    clf = load_classifier(model_name)
+    clf = load_classifier(model_name, weights_dir)
     classes = clf.classes  # the labels the model can name, in its output order
     df = folder_manifest(data, classes) if is_folder else read_manifest(data, classes)
     if not is_folder and split and "split" in df.columns and split != "all":
@@ -221,14 +225,16 @@ def evaluate(model_name: str, data: Path, split: str | None = "test", with_probe
 
         def keep(image: CXRImage) -> None:
             copies.append(probes.working_copy(image.pixels))
-    probs, latency = predict_files(model_name, df["file"].tolist(), on_image=keep)
+    probs, latency = predict_files(model_name, df["file"].tolist(), on_image=keep, weights_dir=weights_dir)
     y = df["label"].map(class_index(classes)).to_numpy()
     out = compute_metrics(y, probs, df, classes)
     out["abstention"] = abstention_summary(y, probs, abstain_threshold(clf),
                                            df["age_group"].tolist() if "age_group" in df.columns else None, classes)
     out.update({"model": model_name, "data": str(data), "split": None if is_folder else split, "mean_latency_ms": latency})
+    if weights_dir is not None:
+        out["weights_dir"] = str(weights_dir)
     if with_probes:
-        out["probes"] = probe_files(model_name, df["file"].tolist(), y, images=copies)
+        out["probes"] = probe_files(model_name, df["file"].tolist(), y, images=copies, weights_dir=weights_dir)
     return out
 
 
@@ -239,11 +245,15 @@ def main(argv: Sequence[str] | None = None) -> None:
     ap.add_argument("--split", default="test", help="split to evaluate (manifest only; a folder is used whole); 'all' for every row")
     ap.add_argument("--out", type=Path, default=None, help="write the metrics JSON here")
     ap.add_argument("--threads", type=int, default=settings.TORCH_THREADS)
+    ap.add_argument("--weights-dir", type=Path, default=None,
+                    help="folder holding <model>.pt and .json (default weights/), e.g. a candidate from train --out-dir")
     ap.add_argument("--probes", action="store_true",
                     help="also run the context-only probe and the acquisition-shift stress test (cxr_core.probes)")
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
-    metrics = evaluate(args.model, args.data, args.split, with_probes=args.probes)
+    if args.weights_dir is not None and not (args.weights_dir / f"{args.model}.pt").is_file():
+        ap.error(f"--weights-dir {args.weights_dir}: no {args.model}.pt there")
+    metrics = evaluate(args.model, args.data, args.split, with_probes=args.probes, weights_dir=args.weights_dir)
     text = json.dumps(metrics, indent=1)
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)
