@@ -84,8 +84,9 @@ def sanity_note(sanity: Mapping[str, Any] | None, method: str) -> tuple[str, str
     if passed and all(passed.values()):
         return "ok", f"{label} passed the heatmap sanity checks ({n} test images)."
     failed = ", ".join(k.replace("_", " ") for k, ok in passed.items() if not ok) or "no result"
+    ok = ", ".join(k.replace("_", " ") for k, good in passed.items() if good)
     return "warning", (f"{label} heatmaps of this model failed a sanity check ({failed}; {n} test images, "
-                       f"{label}): treat them as a rough hint only.")
+                       f"{label}){f'; they passed {ok}' if ok else ''}: treat them as a rough hint only.")
 
 
 SANITY_NOTE = (

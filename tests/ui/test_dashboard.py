@@ -374,6 +374,7 @@ def test_sanity_note_names_the_method_shown():
     grad = {"method": "gradcam", "n_images": 30, "passed": {"randomisation": True, "deletion_salient_below_random": False}}
     level, text = dashboard.sanity_note(grad, "gradcam")
     assert level == "warning" and "Grad-CAM" in text and "deletion salient below random" in text
+    assert "they passed randomisation" in text
     level, text = dashboard.sanity_note(None, "eigencam")
     assert level == "info" and "not checked for Eigen-CAM" in text
     # a Grad-CAM result handed over for Eigen-CAM is not Eigen-CAM's result
