@@ -46,7 +46,8 @@ class Choice:
 
 
 def standard_error(accuracy: float, n: int) -> float:
-    return math.sqrt(max(accuracy * (1.0 - accuracy), 0.0) / n) if n > 0 else float("inf")
+    """Binomial SE of an accuracy on n films; 0 when n is unknown (no tolerance: plain validation order)."""
+    return math.sqrt(max(accuracy * (1.0 - accuracy), 0.0) / n) if n > 0 else 0.0
 
 
 def context_answered(probes: Mapping[str, Any] | None) -> float | None:

@@ -17,7 +17,9 @@ def probes(answered: float, drops: tuple[float, ...] = (0.02, 0.04)) -> dict:
 
 def test_standard_error_is_the_binomial_one() -> None:
     assert standard_error(0.93, 618) == pytest.approx(0.01026, abs=1e-5)
-    assert standard_error(0.9, 0) == float("inf")
+    assert standard_error(0.9, 0) == 0.0  # unknown n: no tolerance
+    c = choose([Candidate("a", 0.93, 0, probes(0.6)), Candidate("b", 0.929, 0, probes(0.0))])
+    assert c.chosen == "a" and c.eligible == ["a"]
 
 
 def test_a_clearly_better_validation_accuracy_wins_whatever_the_probes_say() -> None:
