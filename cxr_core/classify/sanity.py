@@ -185,7 +185,7 @@ def run_sanity(
 
     `layer` (a module name such as "features.22") checks another CAM layer than the model's default,
     to compare layers on the same images before changing `cam_layer`. `road=False` skips the ROAD
-    deletion (a sparse solve per step: about 30 s per film at 256 px on two cores)."""
+    deletion (a sparse solve per step: about 80 s per film at 256 px on a busy two-core machine)."""
     from cxr_core.io import load_image
 
     t0 = time.time()
@@ -394,7 +394,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     san.add_argument("--size", type=int, default=None, help="input size of --checkpoint (if it does not record it)")
     san.add_argument("--layer", default=None, help="CAM layer by module name (e.g. features.22); default: the model's cam_layer")
     san.add_argument("--no-road", dest="road", action="store_false",
-                     help="skip the ROAD deletion (noisy linear imputation; about 30 s per film at 256 px)")
+                     help="skip the ROAD deletion (noisy linear imputation; about a minute per film at 256 px)")
     img = sub.add_parser("image", help="write a heatmap overlay for one image")
     img.add_argument("image", type=Path)
     img.add_argument("--out", type=Path, required=True)
