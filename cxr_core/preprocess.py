@@ -98,6 +98,12 @@ def image_to_tensor(
 
 
 AUGMENTATIONS = ("standard", "acquisition")  # cfg/classify.yaml `augment`
+AUGMENTATION_TEXT = {  # train_augmentation below, in words, for the model card: change both together
+    "standard": "rotation +-10 deg, shift 6 %, zoom 0.9-1.1, brightness/contrast 0.2, light blur; no flips",
+    "acquisition": "rotation +-10 deg, shift 6 %, zoom 0.9-1.1, brightness/contrast 0.2; gamma 0.65-1.5 (p 0.3), "
+                   "blur sigma 0.3-2.2 (p 0.25), low resolution 1/3-3/4 (p 0.15), JPEG q 25-75 (p 0.15), "
+                   "Gaussian noise sd 0.005-0.035 (p 0.3); no flips",
+}
 
 
 def train_augmentation(size: int, kind: str = "standard") -> Callable[[torch.Tensor], torch.Tensor]:

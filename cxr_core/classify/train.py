@@ -55,7 +55,7 @@ from cxr_core.timing import time_each
 from cxr_core.provenance import code_version, cpu_model, sha256_file
 from cxr_core.classify.val import compute_metrics, reliability
 from cxr_core.models import SPECS, build_model, checkpoint_classes, count_params, freeze
-from cxr_core.preprocess import AUGMENTATIONS, to_model_tensor, train_augmentation
+from cxr_core.preprocess import AUGMENTATION_TEXT, AUGMENTATIONS, to_model_tensor, train_augmentation
 
 FRONTAL_ONLY = "Frontal (PA/AP) radiographs only; lateral views, CT and other body parts are out of scope."
 KNOWN_LIMITS = [
@@ -168,12 +168,6 @@ def probe_precision(build: Any, size: int, batch: int = 16, seconds: float = 20.
     return {"precision": best, "img_per_s": {k: round(v, 2) for k, v in rates.items()}, "probe_batch": batch}
 
 
-AUGMENTATION_TEXT = {  # preprocess.train_augmentation, in words, for the card
-    "standard": "rotation +-10 deg, shift 6 %, zoom 0.9-1.1, brightness/contrast 0.2, light blur; no flips",
-    "acquisition": "rotation +-10 deg, shift 6 %, zoom 0.9-1.1, brightness/contrast 0.2; gamma 0.65-1.5 (p 0.3), "
-                   "blur sigma 0.3-2.2 (p 0.25), low resolution 1/3-3/4 (p 0.15), JPEG q 25-75 (p 0.15), "
-                   "Gaussian noise sd 0.005-0.035 (p 0.3); no flips",
-}
 PAPER_LR_STEP = 5  # the paper halves the learning rate every 5 epochs
 OPTIMIZERS: dict[str, Any] = {  # ModelSpec.optimizer -> (parameters, lr) -> optimiser
     "RMSprop": lambda params, lr: torch.optim.RMSprop(params, lr=lr),  # the paper's V-BreathNet
