@@ -224,7 +224,7 @@ def main() -> None:
                 composite = explain.overlay(composite, h_value.map, alpha, fade=True)
                 st.caption(dashboard.heatmap_caption(h_value) + " " + (heatmap_note(clf) or ""))
                 level, text = dashboard.sanity_note(explain.sanity_result(prediction.model, heat_method),
-                                                    heat_method)
+                                                    heat_method, prediction.model)
                 if level == "warning":
                     st.warning(text, icon=":material/warning:")
                 elif level == "info":

@@ -45,6 +45,7 @@ from cxr_core.classify.explain import (
 from cxr_core.data import sample_balanced
 from cxr_core.models import Classifier, load_classifier
 from cxr_core.preprocess import standardise, to_model_tensor
+from cxr_core.provenance import weights_sha256
 
 
 def _spearman(a: np.ndarray, b: np.ndarray) -> float:
@@ -414,6 +415,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                                 layer=args.layer, road=args.road)
             src = args.checkpoint or (settings.WEIGHTS_DIR / f"{args.model}.pt")
             result["weights_source"] = str(src)
+            result["weights_sha256"] = weights_sha256(src)  # the pages compare it with the shipped file
             result["weights_modified"] = time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(Path(src).stat().st_mtime))
             result["input_size"] = (clf or load_classifier(args.model)).input_size
             args.out = args.out or sanity_path(args.model, args.method)

@@ -24,13 +24,13 @@ from __future__ import annotations
 import io
 import warnings
 from dataclasses import dataclass
-from functools import lru_cache
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterable, Sequence
 
 import numpy as np
 
 from cxr_core import settings
+from cxr_core.provenance import weights_sha256
 
 if TYPE_CHECKING:
     import pydicom
@@ -111,22 +111,6 @@ _NO_UNITS = ("1", "no units", "UCUM")
 
 
 # --- algorithm identity ------------------------------------------------------------------------
-
-
-@lru_cache(maxsize=16)
-def _sha256(path: str, size: int, mtime: float) -> str:
-    from cxr_core.provenance import sha256_file
-
-    return sha256_file(Path(path))
-
-
-def weights_sha256(path: Path | str) -> str | None:
-    """SHA-256 of a weights file (cached per file state), None when it is not there."""
-    p = Path(path)
-    if not p.is_file():
-        return None
-    st = p.stat()
-    return _sha256(str(p), st.st_size, st.st_mtime)
 
 
 @dataclass(frozen=True)

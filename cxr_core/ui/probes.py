@@ -11,6 +11,7 @@ from typing import Any, Mapping
 import pandas as pd
 
 from cxr_core import settings
+from cxr_core.provenance import measured_on
 from cxr_core.ui.cards import display_name, read_json
 
 PROBES_NOTE = (
@@ -20,7 +21,8 @@ PROBES_NOTE = (
     "fall to chance and stop answering. Acquisition shifts that differ between hospitals (gamma, contrast, noise, "
     "blur, JPEG, downscale, border crop, burnt-in markers, inversion): the accuracy drop per shift. Made by "
     "`python -m cxr_core.evaluate --model NAME --split test --probes --out docs/probes/NAME.json` "
-    "(confidence rule only; 'answered by the app' adds the quality gate where it was measured)."
+    "(confidence rule only; 'answered by the app' adds the quality gate where it was measured). 'Measured on' "
+    "compares the SHA-256 of the weights each result records with the weights the app now runs."
 )
 
 # A model "reads the context" when, with the lungs greyed out, it is clearly above chance or still
@@ -31,12 +33,13 @@ SHIFT_DROP_NOTABLE = 0.05  # an accuracy drop of 5 points under one shift is wor
 
 
 def load_probes(names: tuple[str, ...] = settings.CLASSIFIERS) -> dict[str, dict[str, Any]]:
-    """Probe results per model that has a file (missing or unreadable files are left out)."""
+    """Probe results per model that has a file (missing or unreadable files are left out), each with
+    the `weights_sha256` of the weights it measured (None in files from before it was recorded)."""
     out = {}
     for name in names:
         data = read_json(settings.PROBES_DIR / f"{name}.json")
         if data and isinstance(data.get("probes"), dict):
-            out[name] = data["probes"]
+            out[name] = {**data["probes"], "weights_sha256": data.get("weights_sha256")}
     return out
 
 
@@ -67,6 +70,7 @@ def probe_table(probes: Mapping[str, Mapping[str, Any]]) -> pd.DataFrame:
             "chance": p.get("chance_accuracy"),
             "worst shift": worst,
             "accuracy drop, worst shift": shifts[worst].get("accuracy_drop") if worst else None,
+            "measured on": measured_on(p, name) or "",
         })
     return pd.DataFrame(rows)
 
@@ -82,6 +86,10 @@ def readings(name: str, p: Mapping[str, Any]) -> list[str]:
     """One line per probe saying what the numbers mean, by the rules at the top of this module."""
     label = display_name(name)
     out = []
+    if measured_on(p, name) == "OTHER weights":
+        out.append(f"{label}: these probe figures were measured on other weights than the ones now shipped; "
+                   f"rerun `python -m cxr_core.evaluate --model {name} --split test --probes --out "
+                   f"docs/probes/{name}.json` before reading them as this model's.")
     ctx, chance = p.get("context_only") or {}, p.get("chance_accuracy")
     if ctx and chance is not None:
         acc, answered = ctx.get("accuracy", float("nan")), ctx.get("coverage", float("nan"))

@@ -11,6 +11,7 @@ from typing import Any, Iterable, Mapping
 import pandas as pd
 
 from cxr_core import settings
+from cxr_core.provenance import measured_on
 from cxr_core.ui.cards import class_label
 from cxr_core.ui.figures import format_probability
 
@@ -69,10 +70,11 @@ def heatmap_caption(heat: Any) -> str:
     return text
 
 
-def sanity_note(sanity: Mapping[str, Any] | None, method: str) -> tuple[str, str]:
+def sanity_note(sanity: Mapping[str, Any] | None, method: str, model: str | None = None) -> tuple[str, str]:
     """(level, text) about the sanity check of the heatmap method shown: 'warning' when it failed,
-    'info' when this method was never checked, 'ok' when it passed. `sanity` must be that method's own
-    result (`explain.sanity_result(model, method)`); a check of another method says nothing here."""
+    'info' when this method was never checked (or, given `model`, was checked on weights that no longer
+    ship), 'ok' when it passed. `sanity` must be that method's own result (`explain.sanity_result(model,
+    method)`); a check of another method, or of other weights, says nothing here."""
     from cxr_core.classify.explain import METHODS
 
     label = METHODS[method][1] if method in METHODS else str(method)
@@ -81,6 +83,10 @@ def sanity_note(sanity: Mapping[str, Any] | None, method: str) -> tuple[str, str
                         "this model depend on what it learned; treat them as a rough hint.")
     passed = sanity.get("passed") or {}
     n = sanity.get("n_images")
+    if model is not None and measured_on(sanity, model) == "OTHER weights":
+        return "info", (f"Heatmap sanity check: the result on file was measured on other weights than the "
+                        f"ones now shipped, so it says nothing about these {label} maps yet; treat them as a "
+                        "rough hint.")
     if passed and all(passed.values()):
         return "ok", f"{label} passed the heatmap sanity checks ({n} test images)."
     failed = ", ".join(k.replace("_", " ") for k, ok in passed.items() if not ok) or "no result"
@@ -95,7 +101,8 @@ SANITY_NOTE = (
     "the map of the same network with random weights; low correlation is a pass. Deletion: the predicted-class "
     "probability while pixels are removed most-salient-first against random order (area under the curve; lower "
     "salient = pass). Removed pixels take a blurred copy's values ('blur'), or are re-filled from their neighbours "
-    "(ROAD, Rong et al. 2022), which leaves no salt-and-pepper artefact where random pixels are scattered."
+    "(ROAD, Rong et al. 2022), which leaves no salt-and-pepper artefact where random pixels are scattered. "
+    "'Measured on' compares the SHA-256 of the weights each result records with the weights the app now runs."
 )
 
 
@@ -124,6 +131,7 @@ def sanity_table(results: Mapping[str, Mapping[str, Any] | None]) -> pd.DataFram
             "blur deletion": verdict(passed, "deletion_salient_below_random"),
             "ROAD deletion AUC: salient / random pixels": _pair(road, "auc_salient_mean", "auc_random_mean"),
             "ROAD deletion": verdict(passed, "road_salient_below_random") or "not run",
+            "measured on": measured_on(r, name) or "",
         })
     return pd.DataFrame(rows)
 

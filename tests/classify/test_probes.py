@@ -80,6 +80,10 @@ def test_evaluate_probes_reports_numbers_for_every_probe(tmp_path: Path, monkeyp
     assert out["shifts"]["inverted"]["changed_calls"] > 0
     for s in (out["none"], out["context_only"]):  # what the app answers, quality gate included
         assert 0 <= s["gate_failed_share"] <= 1 and s["coverage_with_gate"] <= s["coverage"]
+    # the figures say which weights they describe: the shipped file, by its hash
+    from cxr_core.provenance import sha256_file
+
+    assert result["weights_sha256"] == sha256_file(settings.WEIGHTS_DIR / "vbreathnet.pt")
 
 
 def test_the_gate_only_removes_answers_and_is_counted_per_film() -> None:

@@ -412,6 +412,49 @@ def test_sanity_table_reports_each_check_with_its_numbers():
         assert len(dashboard.sanity_table(committed)) == sum(1 for r in committed.values() if r)
 
 
+def test_results_say_whether_they_were_measured_on_the_shipped_weights(tmp_path, monkeypatch):
+    """A probe or sanity file outlives the weights it measured when a new model ships: the tables and
+    the Diagnose note must tell shipped-weights results from others, by the weights' hash."""
+    import hashlib
+
+    from cxr_core import provenance
+    from cxr_core.ui import probes as probe_views
+
+    monkeypatch.setattr(settings, "WEIGHTS_DIR", tmp_path)
+    (tmp_path / "vbreathnet.pt").write_bytes(b"weights one")
+    one = hashlib.sha256(b"weights one").hexdigest()
+    assert provenance.measured_on({"weights_sha256": one}, "vbreathnet") == "shipped weights"
+    assert provenance.measured_on({"weights_sha256": "0" * 64}, "vbreathnet") == "OTHER weights"
+    assert provenance.measured_on({}, "vbreathnet") == "not recorded"
+    assert provenance.measured_on({"weights_sha256": one}, "vgg16") is None  # nothing shipped to compare with
+    (tmp_path / "vbreathnet.pt").write_bytes(b"weights two, shipped later")  # a new model ships
+    assert provenance.measured_on({"weights_sha256": one}, "vbreathnet") == "OTHER weights"
+
+    passed = {"method": "gradcam", "n_images": 30, "passed": {"randomisation": True}, "weights_sha256": one}
+    level, text = dashboard.sanity_note(passed, "gradcam", "vbreathnet")
+    assert level == "info" and "other weights" in text
+    assert dashboard.sanity_note(passed, "gradcam")[0] == "ok"  # without a model: the result as it is
+    assert dashboard.sanity_table({"vbreathnet": passed}).iloc[0]["measured on"] == "OTHER weights"
+    row = probe_views.probe_table({"vbreathnet": {"none": {"accuracy": 0.9}, "weights_sha256": one}}).iloc[0]
+    assert row["measured on"] == "OTHER weights"
+    assert "other weights" in probe_views.readings("vbreathnet", {"weights_sha256": one})[0]
+
+
+def test_committed_measurements_describe_the_shipped_weights():
+    """Shipping new weights without rerunning their probes and heatmap sanity would leave the pages
+    showing the old model's figures: every committed result that records its weights must match."""
+    from cxr_core import explain, provenance
+    from cxr_core.ui.cards import read_json
+
+    checked = 0
+    for name in settings.CLASSIFIERS:
+        for result in (read_json(settings.PROBES_DIR / f"{name}.json"), explain.sanity_result(name)):
+            if result and result.get("weights_sha256"):
+                assert provenance.measured_on(result, name) == "shipped weights", name
+                checked += 1
+    assert checked >= 4  # V-BreathNet's probes and sanity, and the baselines' probes
+
+
 def test_sanity_result_is_looked_up_per_method(tmp_path, monkeypatch):
     import json
 
