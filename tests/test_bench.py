@@ -78,3 +78,25 @@ def test_synthetic_images_decode() -> None:
     assert len(imgs) == 2
     px = load_image(imgs[0]).pixels
     assert px.shape == (128, 128) and 0.0 <= px.min() < px.max() <= 1.0
+
+
+def test_two_layouts_are_timed_interleaved_and_each_time_goes_to_its_own_function() -> None:
+    """The layout comparison alternates a and b per item (order flipped each item), and every timing
+    lands with the function that ran: a sleeps 5 ms per call, b does nothing."""
+    import time as _time
+
+    from cxr_core import bench
+
+    order: list[str] = []
+
+    def a(x: int) -> None:
+        order.append("a")
+        _time.sleep(0.005)
+
+    def b(x: int) -> None:
+        order.append("b")
+
+    ta, tb = bench._time_interleaved(a, b, [0, 1, 2, 3], warmup=1)
+    assert order == ["a", "b"] + ["a", "b", "b", "a", "a", "b", "b", "a"]  # warm-up, then flipped pairs
+    assert len(ta) == len(tb) == len(ta.cpu) == len(tb.cpu) == 4
+    assert min(ta) > max(tb)

@@ -329,17 +329,24 @@ def test_precision_probe_picks_a_measured_mode_and_leaves_the_rng_alone() -> Non
 
 @pytest.mark.skipif(not (settings.WEIGHTS_DIR / "vbreathnet.pt").is_file(), reason="no shipped V-BreathNet weights")
 def test_shipped_vbreathnet_is_the_paper_model_at_the_paper_size() -> None:
-    """The 256 px run finished and was shipped: the card and the weights are the paper's architecture
-    (the resumable checkpoint was removed from the tree, as the issue asks)."""
+    """The 256 px runs finished and shipped: the card and the weights are the paper's architecture, the
+    card lists both stages' segments (40 epochs, then 8 from those weights, whose hash it keeps) and the
+    resumable checkpoints were removed from the tree, as the issue asks."""
+    from cxr_core.provenance import sha256_file
+
     card = json.loads((settings.WEIGHTS_DIR / "vbreathnet.json").read_text())
     assert card["input_size"] == 256
     assert card["params"] == {"total": 790_307, "trainable": 790_307, "keras_total": 792_291}
     clf = load_classifier("vbreathnet")
     assert clf.input_size == 256 and sum(p.numel() for p in clf.model.parameters()) == 790_307
-    segments = card["training"]["segments"]
-    assert segments[0]["epoch_from"] == 0 and segments[-1]["epoch_to"] == card["training"]["epochs"] == 40
-    assert all(s["precision"] in train.PRECISIONS and s["minutes"] > 0 for s in segments)
-    assert not (settings.WEIGHTS_DIR / "checkpoints" / "vbreathnet-256").exists()
+    first = card["training"]["init_from"]
+    for t, epochs in ((first["training"], 40), (card["training"], 8)):
+        segments = t["segments"]
+        assert segments[0]["epoch_from"] == 0 and segments[-1]["epoch_to"] == t["epochs"] == epochs
+        assert all(s["precision"] in train.PRECISIONS and s["minutes"] > 0 for s in segments)
+    # the first stage's weights are kept as the ablation they started from
+    assert sha256_file(settings.WEIGHTS_DIR / "ablations" / "vbreathnet__stage1.pt") == first["sha256"]
+    assert not list((settings.WEIGHTS_DIR / "checkpoints").glob("vbreathnet-256*"))
 
 
 COMMITTED_STATES = sorted((settings.WEIGHTS_DIR / "checkpoints").glob("*/last.pt"))

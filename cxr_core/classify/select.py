@@ -23,7 +23,7 @@ import math
 from dataclasses import dataclass, field
 from typing import Any, Mapping
 
-SHARE_TIE = 0.01  # context-only answered shares this close count as equal; the shift drop decides
+SHARE_TIE = 0.01  # context-only answered shares within this of the lowest count as equal; the shift drop decides
 
 
 @dataclass(frozen=True)
@@ -82,15 +82,21 @@ def choose(candidates: list[Candidate]) -> Choice:
                       f"accuracy alone ({best.name}), which can favour a model that reads hospital or age cues.",
                       not_probed)
 
-    def key(c: Candidate) -> tuple[float, float]:
-        share = context_answered(c.probes) or 0.0
-        drop = mean_shift_drop(c.probes)
-        return (round(share / SHARE_TIE), drop if drop is not None else float("inf"))
+    # shares within SHARE_TIE of the lowest count as equal (not rounded into buckets: 0.529 and 0.539
+    # are 1 point apart and equal here, while rounding to whole points would have split them)
+    lowest = min(context_answered(c.probes) or 0.0 for c in eligible)
+    tied = [c for c in eligible if (context_answered(c.probes) or 0.0) <= lowest + SHARE_TIE + 1e-12]
 
-    chosen = min(eligible, key=key)
+    def drop_of(c: Candidate) -> float:
+        drop = mean_shift_drop(c.probes)
+        return drop if drop is not None else float("inf")
+
+    chosen = min(tied, key=lambda c: (drop_of(c), context_answered(c.probes) or 0.0))
     facts = "; ".join(
         f"{c.name}: {context_answered(c.probes):.0%} answered with the lungs greyed out, mean shift drop "
         + (f"{mean_shift_drop(c.probes) * 100:.1f} points" if mean_shift_drop(c.probes) is not None else "not measured")
         for c in eligible)
+    why = ("reads least from outside the lungs" if len(tied) == 1 else
+           f"answers as few lung-less films as any (within {SHARE_TIE:.0%}) and loses least under the acquisition shifts")
     return Choice(chosen.name, [c.name for c in eligible], True,
-                  f"{head} Of these, {chosen.name} reads least from outside the lungs ({facts}).")
+                  f"{head} Of these, {chosen.name} {why} ({facts}).")

@@ -194,9 +194,9 @@ def load_classifier(name: str, weights_dir: Path | None = None) -> Classifier:
     state = {k: v.float() if v.is_floating_point() else v for k, v in ckpt["state_dict"].items()}
     model.load_state_dict(state)
     freeze(model)
-    # channels_last: oneDNN's convolutions took 0.61-0.78x the time of the default layout for all four
-    # models at batch 1, 2 threads (one interleaved timing on a busy AVX2 EPYC, 2026-12-04; logits
-    # differ by < 1e-5); `python -m cxr_core.bench` records both layouts (forward_X, forward_X_contiguous)
+    # channels_last: at batch 1, 2 threads on an AVX2 EPYC (2026-12-04; logits differ by < 1e-5) it took
+    # 0.62 / 0.86 / 0.86 / 0.80 of the default layout's time (V-BreathNet / DenseNet121 / MobileNetV2 /
+    # VGG16), timed interleaved by `python -m cxr_core.bench` (forward_X vs forward_X_contiguous).
     model = model.to(memory_format=torch.channels_last)
     return Classifier(
         name=name,

@@ -288,11 +288,24 @@ def ablation_stem(label: str) -> str | None:
     return None if suffix == "variant" else f"{name}__{suffix}"
 
 
+def variant_names(pair: Mapping[str, Mapping[str, Any]]) -> dict[str, str]:
+    """Display name per `ablation_pairs` key, told apart: a variant whose card carries the same display
+    name as another (a second training stage is still 'V-BreathNet') gets its variant suffix, e.g.
+    'V-BreathNet (stage2)', so a table or the selection rule's sentence never names two rows alike."""
+    names = {key: display_name(key.split(" (", 1)[0], card) for key, card in pair.items()}
+    seen: dict[str, int] = {}
+    for shown in names.values():
+        seen[shown] = seen.get(shown, 0) + 1
+    return {key: (f"{shown} ({key[:-1].split(' (', 1)[1]})" if seen[shown] > 1 and key.endswith(")") and " (" in key
+                  else shown) for key, shown in names.items()}
+
+
 def ablation_table(pair: Mapping[str, Mapping[str, Any]]) -> pd.DataFrame:
     """Validation and test side by side: the default is chosen on validation, test only reports it."""
     rows = []
+    shown = variant_names(pair)
     for name, card in pair.items():
-        row = {"Model": display_name(name, card)}
+        row = {"Model": shown[name]}
         for split in ("val", "test"):
             m = split_metrics(card, split)
             row[f"{split} accuracy"] = _num(m.get("accuracy"))
@@ -316,6 +329,7 @@ def ablation_mismatch(pair: Mapping[str, Mapping[str, Any]]) -> list[str]:
     variants, each line names the variant."""
     base, *variants = list(pair.values())
     labels = list(pair)[1:]
+    shown = variant_names(pair)
     out = []
     for label, variant in zip(labels, variants):
         factors = {keys for keys in ABLATION_FACTORS if _get(base, *keys) != _get(variant, *keys)}
@@ -325,7 +339,7 @@ def ablation_mismatch(pair: Mapping[str, Mapping[str, Any]]) -> list[str]:
             a, b = (_get(c, *keys, default=RECIPE_DEFAULTS.get(keys)) for c in (base, variant))
             if a != b:
                 line = f"{'.'.join(keys)}: {a} vs {b}"
-                out.append(line if len(variants) == 1 else f"{display_name(label, variant)}: {line}")
+                out.append(line if len(variants) == 1 else f"{shown[label]}: {line}")
     return out
 
 
@@ -337,12 +351,13 @@ def ablation_choice(pair: Mapping[str, Mapping[str, Any]],
     from cxr_core.classify.select import Candidate, choose
 
     candidates = []
+    shown = variant_names(pair)
     for n, c in pair.items():
         m = split_metrics(c, "val")
         acc = _num(m.get("accuracy"))
         if math.isnan(acc):
             return None
-        candidates.append(Candidate(display_name(n, c), acc, int(m.get("n") or 0), (probes or {}).get(n)))
+        candidates.append(Candidate(shown[n], acc, int(m.get("n") or 0), (probes or {}).get(n)))
     if len(candidates) < 2:
         return None
     choice = choose(candidates)

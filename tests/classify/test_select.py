@@ -38,6 +38,18 @@ def test_within_noise_the_model_that_reads_less_outside_the_lungs_wins() -> None
     c = choose([Candidate("fragile", 0.93, 618, probes(0.05, (0.2, 0.1))),
                 Candidate("robust", 0.93, 618, probes(0.054, (0.01, 0.03)))])
     assert c.chosen == "robust" and "mean shift drop 2.0 points" in c.explanation
+    assert "loses least under the acquisition shifts" in c.explanation
+
+
+def test_shares_within_one_point_of_the_lowest_tie_wherever_they_fall() -> None:
+    """The tie is measured from the lowest share, not by rounding into whole-point buckets: 52.9 % and
+    53.9 % (6 of 618 films apart; the shipped and second-stage V-BreathNet) are equal, and 52.9 % vs
+    54.1 % are not."""
+    fragile, robust = probes(0.529, (0.19, 0.15)), probes(0.539, (0.01, 0.02))
+    c = choose([Candidate("stage1", 0.932, 618, fragile), Candidate("stage2", 0.924, 618, robust)])
+    assert c.chosen == "stage2" and c.eligible == ["stage1", "stage2"]
+    c = choose([Candidate("stage1", 0.932, 618, fragile), Candidate("stage2", 0.924, 618, probes(0.541, (0.01,)))])
+    assert c.chosen == "stage1" and "stage1 reads least from outside the lungs" in c.explanation
 
 
 def test_without_probes_the_rule_falls_back_to_validation_and_says_so() -> None:
