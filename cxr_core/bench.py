@@ -73,17 +73,18 @@ def _time_interleaved(a: Callable[[Any], Any], b: Callable[[Any], Any], items: S
     """`a(x)` and `b(x)` timed alternately on each item, the order flipped every item (a b, b a, ...),
     so neither gains from running second or from the machine's load drifting between two passes: one
     back-to-back pass of each had MobileNetV2's layouts 1.28x apart where interleaved runs gave 0.85x."""
-    calls = [(f, x) for i, x in enumerate(items) for f in ((a, b) if i % 2 == 0 else (b, a))]
+    fns = (a, b)
+    calls = [(k, x) for i, x in enumerate(items) for k in ((0, 1) if i % 2 == 0 else (1, 0))]
     for x in items[: max(0, warmup)]:
         a(x), b(x)
-    timed = _time_each(lambda call: call[0](call[1]), calls, warmup=0)
-    out: dict[int, Timings] = {id(a): Timings(), id(b): Timings()}
-    for t in out.values():
+    timed = _time_each(lambda call: fns[call[0]](call[1]), calls, warmup=0)
+    out = (Timings(), Timings())
+    for t in out:
         t.cpu = []
-    for (f, _), wall, cpu in zip(calls, timed, timed.cpu):
-        out[id(f)].append(wall)
-        out[id(f)].cpu.append(cpu)
-    return out[id(a)], out[id(b)]
+    for (k, _), wall, cpu in zip(calls, timed, timed.cpu):
+        out[k].append(wall)
+        out[k].cpu.append(cpu)
+    return out
 
 
 def _peak_rss_mb() -> float:
