@@ -218,13 +218,18 @@ def test_no_memory_growth_over_50_explanations() -> None:
     proc = psutil.Process()
     for i in range(6):  # warm-up of both methods timed below: allocator pools, lazy imports
         E.explain(clf, img, method="gradcam" if i % 2 else "gradcam++")
-    gc.collect()
-    start = proc.memory_info().rss
-    for i in range(50):
-        E.explain(clf, img, method="gradcam" if i % 2 else "gradcam++")
-    gc.collect()
-    growth_mb = (proc.memory_info().rss - start) / 2**20
-    assert growth_mb < 30, f"RSS grew {growth_mb:.1f} MB over 50 explanations"
+    # Two windows of 25 calls: a leak grows both (at the 0.6 MB per call that 30 MB over 50 calls allows,
+    # 15 MB each), while a one-off allocator arena growth, seen once at 33 MB in the full suite, lands in
+    # one window only. So the quieter window must stay under 15 MB: the same 0.6 MB per call bound.
+    growth_mb = []
+    for _ in range(2):
+        gc.collect()
+        start = proc.memory_info().rss
+        for i in range(25):
+            E.explain(clf, img, method="gradcam" if i % 2 else "gradcam++")
+        gc.collect()
+        growth_mb.append((proc.memory_info().rss - start) / 2**20)
+    assert min(growth_mb) < 15, f"RSS grew {growth_mb[0]:.1f} and {growth_mb[1]:.1f} MB over two sets of 25 explanations"
     assert _hooks(clf.model) == 0
 
 
