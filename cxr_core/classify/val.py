@@ -32,7 +32,7 @@ from tqdm import tqdm
 from cxr_core import settings, stats
 from cxr_core.classify import abstain_threshold, calibrated_probs, decide
 from cxr_core.io import CXRImage, load_image
-from cxr_core.models import load_classifier
+from cxr_core.models import load_classifier, weights_path
 from cxr_core.provenance import weights_sha256
 
 GROUP_COLUMNS = ("source", "age_group")
@@ -235,7 +235,7 @@ def evaluate(model_name: str, data: Path, split: str | None = "test", with_probe
     if weights_dir is not None:
         out["weights_dir"] = str(weights_dir)
     # which weights these figures describe: the pages compare it with the shipped file's hash
-    out["weights_sha256"] = weights_sha256((weights_dir or settings.WEIGHTS_DIR) / f"{model_name}.pt")
+    out["weights_sha256"] = weights_sha256(weights_path(model_name, weights_dir))
     if with_probes:
         out["probes"] = probe_files(model_name, df["file"].tolist(), y, images=copies, weights_dir=weights_dir)
     return out
